@@ -1,0 +1,123 @@
+"""Build stage: model -> Relax -> compiled library for a named target -> manifest + verification."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tvm
+
+from . import manifest as manifest_io
+from .checkpoint import load_checkpoint
+from .errors import ParcnetError
+from .frontend import import_model
+from .model import create_model, parse_input_size, variant_key
+from .targets import NamedTarget, get_target
+from .verify import raise_on_failure, verify_against
+
+WEIGHT_SEED = 0  # random weights (no checkpoint) are drawn from this seed, so verify can redraw them
+
+
+@dataclass
+class BuildRequest:
+    model: str = "xt"
+    target: str = "x86"
+    input_size: object = 224
+    batch: int = 1
+    checkpoint: str | None = None
+    frontend: str = "torch"
+    output: str | None = None
+    cuda_arch: str | None = None
+    mcpu: str | None = None
+    verify: bool = True
+
+    def output_path(self) -> Path:
+        if self.output:
+            return Path(self.output)
+        height, width = parse_input_size(self.input_size)
+        size = f"{height}" if height == width else f"{height}x{width}"
+        return Path("build") / f"parcnetv2_{variant_key(self.model)}-{self.target}-{size}.so"
+
+
+def prepare_model(name: str, input_size=224, checkpoint=None) -> torch.nn.Module:
+    """The PyTorch model in eval mode: checkpoint weights, or random weights from WEIGHT_SEED."""
+    torch.manual_seed(WEIGHT_SEED)
+    model = create_model(name, input_size=input_size)
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def model_from_manifest(manifest: dict) -> torch.nn.Module:
+    weights = manifest["weights"]
+    checkpoint = weights.get("checkpoint")
+    if checkpoint:
+        if not Path(checkpoint).is_file():
+            raise ParcnetError(f"checkpoint {checkpoint} named in the manifest does not exist")
+        if manifest_io.sha256(checkpoint) != weights["sha256"]:
+            raise ParcnetError(f"checkpoint {checkpoint} changed since the library was built; rebuild it")
+    return prepare_model(manifest["model"], manifest["input_size"], checkpoint)
+
+
+def compile_relax(mod: tvm.IRModule, named_target: NamedTarget):
+    """Compile with TVM's default pipeline for the target (no tuning yet)."""
+    return tvm.compile(mod, target=named_target.target)
+
+
+def build_library(request: BuildRequest, log=print) -> dict:
+    """Build, export and verify one library; returns its manifest (also written beside it)."""
+    named_target = get_target(request.target, cuda_arch=request.cuda_arch, mcpu=request.mcpu)
+    named_target.check_toolchain()
+    input_size = parse_input_size(request.input_size)
+    if request.batch < 1:
+        raise ParcnetError(f"batch {request.batch} must be >= 1")
+    output = request.output_path()
+    input_shape = (request.batch, 3, *input_size)
+    log(f"target: {named_target.description}")
+
+    started = time.perf_counter()
+    model = prepare_model(request.model, input_size, request.checkpoint)
+    log(f"[1/4] model {model.variant.name}, input {list(input_shape)}")
+
+    mod = import_model(model, input_shape, request.frontend)
+    imported = time.perf_counter()
+    log(f"[2/4] imported through {request.frontend} in {imported - started:.1f} s")
+
+    executable = compile_relax(mod, named_target)
+    named_target.export_library(executable, output)
+    compiled = time.perf_counter()
+    log(f"[3/4] compiled and exported {output} in {compiled - imported:.1f} s")
+
+    manifest = {
+        "library": output.name,
+        "model": model.variant.name,
+        "input_size": list(input_size),
+        "input_shape": list(input_shape),
+        "dtype": "float32",
+        "frontend": request.frontend,
+        "target_name": named_target.name,
+        "target": named_target.as_dict(),
+        "target_description": named_target.description,
+        "tvm_version": tvm.__version__,
+        "tuning_database": None,
+        "weights": {
+            "checkpoint": str(Path(request.checkpoint).resolve()) if request.checkpoint else None,
+            "sha256": manifest_io.sha256(request.checkpoint) if request.checkpoint else None,
+            "seed": None if request.checkpoint else WEIGHT_SEED,
+        },
+        "sha256": manifest_io.sha256(output),
+        "build_seconds": round(compiled - started, 1),
+        "verification": {"status": "not run"},
+    }
+    if request.verify:
+        manifest["verification"] = verify_against(model, output, named_target, input_shape)
+    manifest_io.write(output, manifest)
+    result = manifest["verification"]
+    if result["status"] == "passed":
+        log(f"[4/4] verified against PyTorch: max abs error {result['max_abs_error']:.2e} <= {result['tolerance']:g}")
+    else:
+        log(f"[4/4] verification {result['status']}" + (f": {result['reason']}" if "reason" in result else ""))
+    raise_on_failure(result, output)
+    return manifest

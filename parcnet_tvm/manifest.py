@@ -1,0 +1,41 @@
+"""The JSON manifest written beside every exported library (OUT.so -> OUT.json)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import ParcnetError
+
+
+def path_for(library) -> Path:
+    return Path(library).with_suffix(".json")
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read(library) -> dict:
+    path = path_for(library)
+    if not path.is_file():
+        raise ParcnetError(f"no manifest {path} beside {library}: build the library with scripts/build.py")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ParcnetError(f"manifest {path} is not valid JSON ({exc}); rebuild the library") from None
+
+
+def write(library, manifest: dict) -> Path:
+    """Write atomically, so an interrupted run never leaves half a manifest."""
+    path = path_for(library)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,75 @@
+"""Latency measurement shared by build, tune and bench: warm-up, then median and p90."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def measure_ms(run, repeat: int = 10, warmup: int = 2, sync=None) -> dict:
+    """Call `run()` `warmup` times, then time `repeat` calls; `sync()` ends each timed call
+    (needed on GPUs, whose calls return before the work is done)."""
+    for _ in range(warmup):
+        run()
+    if sync:
+        sync()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        if sync:
+            sync()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return {
+        "median_ms": float(np.median(samples)),
+        "p90_ms": float(np.percentile(samples, 90)),
+        "repeat": repeat,
+    }
+
+
+def compare_with_pytorch(library, manifest: dict, repeat: int = 10) -> list[dict]:
+    """Time an exported library and PyTorch eager side by side, on the same input and threads."""
+    import torch
+    import tvm
+
+    from .build import model_from_manifest
+    from .errors import ParcnetError
+    from .targets import get_target, host_cores
+    from .verify import load_vm, reference_input
+
+    named_target = get_target(manifest["target_name"], cuda_arch=manifest["target"].get("arch"))
+    reason = named_target.why_not_runnable_here()
+    if reason:
+        raise ParcnetError(f"cannot time {library} here: {reason}")
+    torch.set_num_threads(host_cores())
+    x = reference_input(manifest["input_shape"])
+    model = model_from_manifest(manifest)
+    device = named_target.device()
+    vm = load_vm(library, device)
+    x_tvm = tvm.runtime.tensor(x, device)
+    main = vm["main"]
+    x_torch = torch.from_numpy(x)
+    with torch.no_grad():
+        torch_row = measure_ms(lambda: model(x_torch), repeat=repeat)
+    tvm_row = measure_ms(lambda: main(x_tvm), repeat=repeat, sync=device.sync)
+    label = "tvm-tuned" if manifest.get("tuning_database") else "tvm-untuned"
+    rows = [dict(backend="pytorch-eager", **torch_row), dict(backend=label, **tvm_row)]
+    for row in rows:
+        row["speedup_vs_pytorch"] = torch_row["median_ms"] / row["median_ms"]
+    return rows
+
+
+def format_latency_table(rows: list[dict], manifest: dict) -> str:
+    from .targets import cpu_model_name, host_cores
+
+    lines = [
+        f"{manifest['model']} {manifest['input_shape']} on {cpu_model_name()}, {host_cores()} threads"
+        f" ({manifest['target_description']})",
+        "| backend | median ms | p90 ms | speedup vs PyTorch |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['backend']} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | "
+                     f"{row['speedup_vs_pytorch']:.2f}x |")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Check a compiled library against PyTorch: fixed random input, fp32, max abs error <= 1e-4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+
+from . import manifest as manifest_io
+from .errors import ParcnetError
+from .targets import get_target
+
+TOLERANCE = 1e-4
+INPUT_SEED = 1234  # the fixed input every verification uses
+
+
+class VerificationError(ParcnetError):
+    """The library's output differs from PyTorch's by more than the tolerance."""
+
+
+def reference_input(shape, seed: int = INPUT_SEED) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def pytorch_output(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def load_vm(library, device) -> relax.VirtualMachine:
+    """A Relax VM over a library path or an in-memory executable."""
+    lib = tvm.runtime.load_module(str(library)) if isinstance(library, (str, Path)) else library
+    return relax.VirtualMachine(lib, device)
+
+
+def run_vm(vm: relax.VirtualMachine, x: np.ndarray, device) -> np.ndarray:
+    out = vm["main"](tvm.runtime.tensor(x, device))
+    if not hasattr(out, "numpy"):  # a tuple-returning import
+        out = out[0]
+    return out.numpy()
+
+
+def compare(actual: np.ndarray, expected: np.ndarray, tolerance: float = TOLERANCE) -> dict:
+    if actual.shape != expected.shape:
+        return {"status": "failed", "reason": f"output shape {actual.shape} != PyTorch {expected.shape}",
+                "tolerance": tolerance}
+    error = float(np.max(np.abs(actual.astype(np.float64) - expected)))
+    return {
+        "status": "passed" if error <= tolerance else "failed",
+        "max_abs_error": error,
+        "tolerance": tolerance,
+        "reference": "PyTorch eager fp32",
+        "input_seed": INPUT_SEED,
+    }
+
+
+def verify_against(model: torch.nn.Module, library, named_target, input_shape) -> dict:
+    """Run `library` (path or executable) on the target's device and compare with `model`."""
+    reason = named_target.why_not_runnable_here()
+    if reason:
+        return {"status": "skipped", "reason": reason}
+    x = reference_input(input_shape)
+    expected = pytorch_output(model, x)
+    device = named_target.device()
+    actual = run_vm(load_vm(library, device), x, device)
+    return compare(actual, expected)
+
+
+def raise_on_failure(result: dict, library) -> None:
+    if result["status"] == "failed":
+        detail = result.get("reason") or f"max abs error {result['max_abs_error']:.3g} > {result['tolerance']:g}"
+        raise VerificationError(f"{library} does not match PyTorch: {detail}")
+
+
+def verify_library(library) -> dict:
+    """Verify an exported library from its manifest (OUT.json beside OUT.so).
+
+    Raises ParcnetError when the library cannot run here or does not match.
+    """
+    from .build import model_from_manifest  # build imports verify
+
+    library = Path(library)
+    if not library.is_file():
+        raise ParcnetError(f"library {library} does not exist")
+    manifest = manifest_io.read(library)
+    named_target = get_target(manifest["target_name"], cuda_arch=manifest["target"].get("arch"))
+    reason = named_target.why_not_runnable_here()
+    if reason:
+        raise ParcnetError(f"cannot verify {library} here: {reason}")
+    if manifest_io.sha256(library) != manifest["sha256"]:
+        raise ParcnetError(f"{library} changed since it was built (sha256 differs from its manifest); rebuild it")
+    model = model_from_manifest(manifest)
+    result = verify_against(model, library, named_target, manifest["input_shape"])
+    manifest["verification"] = result
+    manifest_io.write(library, manifest)
+    raise_on_failure(result, library)
+    return result

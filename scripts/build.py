@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Compile ParCNetV2 for a named target, export OUT.so + OUT.json and verify it against PyTorch.
+
+  python scripts/build.py --model xt --target x86 --input-size 224 -o build/xt.so
+"""
+
+import argparse
+
+from parcnet_tvm.build import BuildRequest, build_library
+from parcnet_tvm.cli import run_main
+from parcnet_tvm.frontend import FRONTENDS
+from parcnet_tvm.model import VARIANTS
+from parcnet_tvm.targets import TARGET_NAMES
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="xt", help=f"variant: {', '.join(VARIANTS)} (default xt)")
+    parser.add_argument("--target", default="x86", help=f"one of {', '.join(TARGET_NAMES)} (default x86)")
+    parser.add_argument("--input-size", default="224", help="224, or HxW such as 224x320; multiples of 32")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--checkpoint", help="official/timm-style state dict (.pth); random weights if omitted")
+    parser.add_argument("--frontend", default="torch", choices=FRONTENDS)
+    parser.add_argument("--cuda-arch", help="CUDA arch when no GPU is visible (default sm_90)")
+    parser.add_argument("--mcpu", help="override the detected x86 CPU name (LLVM -mcpu)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
+    parser.add_argument("--time", type=int, default=0, metavar="N",
+                        help="after building, time the library and PyTorch eager N times each (x86/cuda)")
+    parser.add_argument("-o", "--output", help="library path (default build/parcnetv2_<model>-<target>-<size>.so)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    request = BuildRequest(
+        model=args.model, target=args.target, input_size=args.input_size, batch=args.batch,
+        checkpoint=args.checkpoint, frontend=args.frontend, output=args.output,
+        cuda_arch=args.cuda_arch, mcpu=args.mcpu, verify=not args.no_verify,
+    )
+    manifest = build_library(request)
+    if args.time:
+        from parcnet_tvm.timing import compare_with_pytorch, format_latency_table
+
+        rows = compare_with_pytorch(request.output_path(), manifest, repeat=args.time)
+        print(format_latency_table(rows, manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,35 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = 64  # smallest input that keeps every stage (64 / 32 = 2x2 last map)
+
+# CI installs the cross toolchain; elsewhere a test that needs it skips with the reason.
+needs_arm_toolchain = pytest.mark.skipif(
+    shutil.which("arm-linux-gnueabihf-g++") is None and not os.environ.get("CI"),
+    reason="arm-linux-gnueabihf-g++ not installed (apt-get install g++-arm-linux-gnueabihf)",
+)
+
+
+def run_script(name, *args, cwd=None):
+    """Run scripts/<name> as a user would; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
+        capture_output=True, text=True, cwd=cwd or ROOT, timeout=900,
+    )
+
+
+@pytest.fixture(scope="session")
+def xt_small_x86(tmp_path_factory):
+    """XT at 64x64 built and verified for x86 once per session: (library path, manifest)."""
+    from parcnet_tvm.build import BuildRequest, build_library
+
+    out = tmp_path_factory.mktemp("x86") / "xt64.so"
+    manifest = build_library(BuildRequest(model="xt", target="x86", input_size=SMALL, output=str(out)),
+                             log=lambda *_: None)
+    return out, manifest

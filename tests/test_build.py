@@ -1,0 +1,135 @@
+"""build.py / verify.py: exported libraries, manifests, verification, errors."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from parcnet_tvm import ParcnetError, create_model
+from parcnet_tvm.build import BuildRequest, build_library, compile_relax, prepare_model
+from parcnet_tvm.frontend import import_model
+from parcnet_tvm.manifest import sha256
+from parcnet_tvm.targets import get_target
+from parcnet_tvm.verify import verify_library
+
+from conftest import SMALL, needs_arm_toolchain, run_script
+
+
+def test_x86_build_writes_verified_library_and_manifest(xt_small_x86):
+    library, manifest = xt_small_x86
+    on_disk = json.loads(library.with_suffix(".json").read_text())
+    assert on_disk == manifest
+    assert manifest["model"] == "parcnetv2_xt"
+    assert manifest["input_shape"] == [1, 3, SMALL, SMALL]
+    assert manifest["dtype"] == "float32"
+    assert manifest["target"]["kind"] == "llvm" and manifest["target_name"] == "x86"
+    assert manifest["tvm_version"] == "0.27.0.post1"
+    assert manifest["tuning_database"] is None
+    assert manifest["sha256"] == sha256(library)
+    check = manifest["verification"]
+    assert check["status"] == "passed" and check["max_abs_error"] <= 1e-4
+
+
+def test_verify_script_rechecks_library(xt_small_x86):
+    library, _ = xt_small_x86
+    done = run_script("verify.py", library)
+    assert done.returncode == 0, done.stderr
+    assert "matches PyTorch" in done.stdout
+
+
+def test_verify_rejects_changed_library(xt_small_x86, tmp_path):
+    library, manifest = xt_small_x86
+    copy = tmp_path / "copy.so"
+    copy.write_bytes(library.read_bytes() + b"\0")
+    (tmp_path / "copy.json").write_text(json.dumps(manifest))
+    with pytest.raises(ParcnetError, match="changed since it was built"):
+        verify_library(copy)
+
+
+def test_verification_fails_loudly_on_mismatch(xt_small_x86, tmp_path, monkeypatch):
+    """A library whose weights differ from the PyTorch model is caught by verify."""
+    library, manifest = xt_small_x86
+    other = dict(manifest)
+    checkpoint = tmp_path / "other.pth"
+    state = prepare_model("xt", SMALL).state_dict()
+    state["head.bias"] = state["head.bias"] + 0.01
+    torch.save(state, checkpoint)
+    other["weights"] = {"checkpoint": str(checkpoint), "sha256": sha256(checkpoint), "seed": None}
+    copy = tmp_path / "lib.so"
+    copy.write_bytes(library.read_bytes())
+    (tmp_path / "lib.json").write_text(json.dumps(other))
+    done = run_script("verify.py", copy)
+    assert done.returncode == 2
+    assert "does not match PyTorch: max abs error" in done.stderr
+    assert json.loads((tmp_path / "lib.json").read_text())["verification"]["status"] == "failed"
+
+
+@needs_arm_toolchain
+def test_arm_build_is_armv7_hard_float_shared_object(tmp_path):
+    out = tmp_path / "xt_arm.so"
+    done = run_script("build.py", "--model", "xt", "--target", "arm", "--input-size", SMALL, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert "ELF 32-bit LSB shared object, ARM, EABI5" in subprocess.run(
+        ["file", str(out)], capture_output=True, text=True).stdout
+    attributes = subprocess.run(["readelf", "-A", str(out)], capture_output=True, text=True).stdout
+    assert "Tag_ABI_VFP_args: VFP registers" in attributes  # hard-float calling convention
+    assert "NEON" in attributes
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["verification"]["status"] == "skipped"
+    refused = run_script("verify.py", out)
+    assert refused.returncode == 2 and "cannot verify" in refused.stderr
+
+
+def _module_kinds(module):
+    kinds = [(module.kind, module)]
+    for child in module.imports:
+        kinds += _module_kinds(child)
+    return kinds
+
+
+def test_cuda_build_without_gpu_holds_cuda_kernels(tmp_path):
+    named = get_target("cuda", cuda_arch="sm_90")
+    model = prepare_model("xt", SMALL)
+    executable = compile_relax(import_model(model, (1, 3, SMALL, SMALL)), named)
+    cuda = [m for kind, m in _module_kinds(executable.mod) if kind == "cuda"]
+    assert len(cuda) == 1
+    source = cuda[0].inspect_source()
+    assert source.count("__global__") >= 20  # every op became a kernel
+    assert "blockIdx" in source and "threadIdx" in source
+    out = named.export_library(executable, tmp_path / "xt_cuda.so")
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "q"], "unknown model 'q'"),
+    (["--target", "riscv"], "unknown target 'riscv'"),
+    (["--input-size", "100"], "not divisible by 32"),
+    (["--checkpoint", "missing.pth"], "does not exist"),
+])
+def test_build_script_bad_input_gives_one_clear_error(args, message, tmp_path):
+    done = run_script("build.py", *args, "-o", tmp_path / "x.so")
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.so").exists()
+
+
+def test_build_script_rejects_checkpoint_with_wrong_keys(tmp_path):
+    checkpoint = tmp_path / "wrong.pth"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, checkpoint)
+    done = run_script("build.py", "--model", "xt", "--input-size", SMALL, "--checkpoint", checkpoint,
+                      "-o", tmp_path / "x.so")
+    assert done.returncode == 2
+    assert "missing keys (225)" in done.stderr and "unexpected keys (1): fc.weight" in done.stderr
+
+
+def test_build_with_checkpoint_verifies_and_records_it(tmp_path):
+    checkpoint = tmp_path / "ckpt.pth"
+    torch.manual_seed(11)  # weights unlike the default seed's
+    torch.save({"model": create_model("xt", SMALL).state_dict()}, checkpoint)
+    manifest = build_library(BuildRequest(model="xt", input_size=SMALL, checkpoint=str(checkpoint),
+                                          frontend="onnx", output=str(tmp_path / "ck.so")), log=lambda *_: None)
+    assert manifest["weights"]["sha256"] == sha256(checkpoint)
+    assert manifest["frontend"] == "onnx"
+    assert manifest["verification"]["status"] == "passed"

@@ -1,0 +1,168 @@
+"""The model zoo: official names, shapes and counts; checkpoints; input sizes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from parcnet_tvm import ParcnetError, create_model, load_checkpoint, parse_input_size
+
+# From the official implementation (shared/notes/parcnetv2-architecture.md).
+OFFICIAL = {
+    "xt": ((48, 96, 192, 320), (3, 3, 9, 2), 7_427_720, 225),
+    "t": ((64, 128, 320, 512), (3, 3, 12, 3), 24_935_144, 277),
+    "s": ((64, 128, 320, 512), (3, 9, 24, 3), 39_436_520, 499),
+    "b": ((96, 192, 384, 576), (3, 9, 24, 3), 56_368_360, 499),
+}
+KERNELS = (111, 55, 27, 13)
+
+
+def official_shapes(dims, depths, num_classes=1000):
+    """Every key of the official state dict and its shape, from the documented naming scheme."""
+    shapes = {
+        "downsample_layers.0.conv.weight": (dims[0], 3, 7, 7),
+        "downsample_layers.0.conv.bias": (dims[0],),
+        "downsample_layers.0.post_norm.weight": (dims[0],),
+    }
+    for i in (1, 2, 3):
+        shapes[f"downsample_layers.{i}.pre_norm.weight"] = (dims[i - 1],)
+        shapes[f"downsample_layers.{i}.conv.weight"] = (dims[i], dims[i - 1], 3, 3)
+        shapes[f"downsample_layers.{i}.conv.bias"] = (dims[i],)
+    for i, (c, depth, k) in enumerate(zip(dims, depths, KERNELS)):
+        for j in range(depth):
+            p = f"stages.{i}.{j}."
+            shapes.update({
+                p + "norm1.weight": (c,),
+                p + "token_mixer.pwconv1.weight": (2 * c, c, 1, 1),
+                p + "token_mixer.pwconv1.bias": (2 * c,),
+                p + "token_mixer.dwconv1.conv_h.weight": (c, 1, k, 1),
+                p + "token_mixer.dwconv1.conv_w.weight": (c, 1, 1, k),
+                p + "token_mixer.dwconv2.weight": (c, 1, 7, 7),
+                p + "token_mixer.pwconv2.weight": (c, c, 1, 1),
+                p + "norm2.weight": (c,),
+                p + "mlp.fc1.weight": (5 * c, c),
+                p + "mlp.fc1.bias": (5 * c,),
+                p + "mlp.fc2.weight": (c, 5 * c // 2),
+            })
+            if i >= 2:
+                shapes[p + "res_scale1.scale"] = (c,)
+                shapes[p + "res_scale2.scale"] = (c,)
+    shapes.update({"norm.weight": (dims[3],), "norm.bias": (dims[3],),
+                   "head.weight": (num_classes, dims[3]), "head.bias": (num_classes,)})
+    return shapes
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_variant_matches_official_names_shapes_and_count(name):
+    dims, depths, params, keys = OFFICIAL[name]
+    model = create_model(name)
+    state = model.state_dict()
+    assert not model.training
+    assert len(state) == keys
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert {k: tuple(v.shape) for k, v in state.items()} == official_shapes(dims, depths)
+
+
+def test_aliases_and_unknown_name():
+    assert create_model("parcnetv2_xt", 64).variant.name == "parcnetv2_xt"
+    assert create_model("parcnetv2_tiny", 64).variant.name == "parcnetv2_t"
+    with pytest.raises(ParcnetError, match="unknown model 'q'.*xt, t, s, b"):
+        create_model("q")
+
+
+def test_input_size_parsing_and_divisibility():
+    assert parse_input_size(224) == (224, 224)
+    assert parse_input_size("224x320") == (224, 320)
+    assert parse_input_size((160, 256)) == (160, 256)
+    for bad in (100, "224x300", 0):
+        with pytest.raises(ParcnetError, match="divisible by 32"):
+            parse_input_size(bad)
+    with pytest.raises(ParcnetError, match="not a number"):
+        parse_input_size("big")
+
+
+def _random_state(model, seed=7):
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("nesting", [None, "model", "state_dict"])
+def test_checkpoint_round_trip(tmp_path, nesting):
+    model = create_model("xt", 64)
+    state = _random_state(model)
+    path = tmp_path / "ckpt.pth"
+    torch.save(state if nesting is None else {nesting: state, "epoch": 3}, path)
+    loaded = load_checkpoint(create_model("xt", 64), path)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    x = torch.randn(1, 3, 64, 64)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_checkpoint_mismatch_lists_every_problem(tmp_path):
+    state = create_model("xt", 64).state_dict()
+    del state["head.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    state["norm.weight"] = torch.zeros(7)
+    path = tmp_path / "bad.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(ParcnetError) as err:
+        load_checkpoint(create_model("xt", 64), path)
+    message = str(err.value)
+    assert "missing keys (1): head.bias" in message
+    assert "unexpected keys (1): extra.weight" in message
+    assert "norm.weight checkpoint (7,) vs model (320,)" in message
+    with pytest.raises(ParcnetError, match="does not exist"):
+        load_checkpoint(create_model("xt", 64), tmp_path / "nope.pth")
+
+
+def test_checkpoint_of_another_variant_is_rejected(tmp_path):
+    path = tmp_path / "t.pth"
+    torch.save(create_model("t", 64).state_dict(), path)
+    with pytest.raises(ParcnetError, match="shape mismatches"):
+        load_checkpoint(create_model("xt", 64), path)
+
+
+def test_224_keeps_kernels_as_they_are():
+    torch.manual_seed(0)
+    model = create_model("xt", 224)
+    state = _random_state(model)
+    model.load_state_dict(state)
+    conv = model.stages[0][0].token_mixer.dwconv1
+    assert torch.equal(conv.conv_h.weight, state["stages.0.0.token_mixer.dwconv1.conv_h.weight"])
+    assert conv.conv_h.padding == (55, 0) and conv.conv_w.padding == (0, 55)
+
+
+@pytest.mark.parametrize("size", [160, 256, (224, 320)])
+def test_other_sizes_resize_224_kernels(size, tmp_path):
+    """A 224 checkpoint in a model for another size: each kernel is the bilinear (align_corners)
+    resize to 2H-1 / 2W-1 taps, and the oversized conv equals a plain F.conv2d reference."""
+    reference = create_model("xt", 224)
+    state = _random_state(reference)
+    path = tmp_path / "ckpt224.pth"
+    torch.save(state, path)
+    model = load_checkpoint(create_model("xt", size), path)
+    height, width = (size, size) if isinstance(size, int) else size
+    for stage, stride in enumerate((4, 8, 16, 32)):
+        h, w = height // stride, width // stride
+        prefix = f"stages.{stage}.0.token_mixer.dwconv1."
+        w_h = F.interpolate(state[prefix + "conv_h.weight"], size=(2 * h - 1, 1), mode="bilinear", align_corners=True)
+        w_w = F.interpolate(state[prefix + "conv_w.weight"], size=(1, 2 * w - 1), mode="bilinear", align_corners=True)
+        conv = model.stages[stage][0].token_mixer.dwconv1
+        assert torch.allclose(conv.conv_h.weight, w_h) and torch.allclose(conv.conv_w.weight, w_w)
+        x = torch.randn(1, w_h.shape[0], h, w)
+        expected = F.conv2d(F.conv2d(x, w_h, padding=(h - 1, 0), groups=x.shape[1]),
+                            w_w, padding=(0, w - 1), groups=x.shape[1])
+        with torch.no_grad():
+            assert torch.allclose(conv(x), expected, atol=1e-6)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, height, width)).shape == (1, 1000)
+
+
+def test_fresh_model_at_other_size_uses_resized_224_init():
+    torch.manual_seed(3)
+    model = create_model("xt", 160)
+    conv = model.stages[0][0].token_mixer.dwconv1.conv_h
+    assert conv.weight.shape == (48, 1, 79, 1) and conv.padding == (39, 0)
+    assert 0.0 < conv.weight.std() < 0.05  # trunc_normal(0.02) kernels, resized
