@@ -1,7 +1,15 @@
 """parcnet-tvm: ParCNetV2 from PyTorch through Apache TVM to tuned libraries for ARM and CUDA."""
 
-from .checkpoint import load_checkpoint
-from .errors import ParcnetError
-from .model import VARIANTS, create_model, parse_input_size
+import os
+
+from .targets import host_cores
+
+# TVM's runtime thread pool sizes itself from the CPU topology and picked 1 thread on this
+# project's 2-vCPU machines (half the speed); use every core unless the user set it.
+os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
+
+from .checkpoint import load_checkpoint  # noqa: E402
+from .errors import ParcnetError  # noqa: E402
+from .model import VARIANTS, create_model, parse_input_size  # noqa: E402
 
 __all__ = ["ParcnetError", "VARIANTS", "create_model", "load_checkpoint", "parse_input_size"]

@@ -9,10 +9,14 @@ from pathlib import Path
 import torch
 import tvm
 
+from schedules import apply_hand_schedules
+
 from . import manifest as manifest_io
 from .checkpoint import load_checkpoint
 from .errors import ParcnetError
 from .frontend import import_model
+from .oversized import choose_algo
+from .rewrite import rewrite_oversized_convs
 from .model import create_model, parse_input_size, variant_key
 from .targets import NamedTarget, get_target
 from .verify import raise_on_failure, verify_against
@@ -32,6 +36,8 @@ class BuildRequest:
     cuda_arch: str | None = None
     mcpu: str | None = None
     verify: bool = True
+    custom_op: bool = True        # our oversized-conv op + hand schedules; False = TVM's conv2d
+    oversized_algo: str = "auto"  # auto | direct | toeplitz
 
     def output_path(self) -> Path:
         if self.output:
@@ -61,8 +67,23 @@ def model_from_manifest(manifest: dict) -> torch.nn.Module:
     return prepare_model(manifest["model"], manifest["input_size"], checkpoint)
 
 
-def compile_relax(mod: tvm.IRModule, named_target: NamedTarget):
-    """Compile with TVM's default pipeline for the target (no tuning yet)."""
+def prepare_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,
+                  oversized_algo: str = "auto", log=None) -> tvm.IRModule:
+    """Our graph stages before TVM's pipeline: the oversized-op rewrite and its hand schedules."""
+    if not custom_op:
+        return mod
+    mod, replaced, algos = rewrite_oversized_convs(mod, oversized_algo)
+    if log:
+        used = ", ".join(f"{algos.count(a)} {a}" for a in sorted(set(algos)))
+        log(f"      replaced {replaced} oversized conv pairs with our op ({used or 'none'})")
+    return apply_hand_schedules(mod, named_target.target)
+
+
+def compile_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,
+                  oversized_algo: str = "auto", log=None):
+    """Compile for the target: our op with hand schedules (unless custom_op=False), TVM's
+    default pipeline for everything else (no tuning)."""
+    mod = prepare_relax(mod, named_target, custom_op, oversized_algo, log)
     return tvm.compile(mod, target=named_target.target)
 
 
@@ -85,7 +106,8 @@ def build_library(request: BuildRequest, log=print) -> dict:
     imported = time.perf_counter()
     log(f"[2/4] imported through {request.frontend} in {imported - started:.1f} s")
 
-    executable = compile_relax(mod, named_target)
+    choose_algo(request.oversized_algo, 1, 1, 1)  # reject an unknown algorithm before compiling
+    executable = compile_relax(mod, named_target, request.custom_op, request.oversized_algo, log)
     named_target.export_library(executable, output)
     compiled = time.perf_counter()
     log(f"[3/4] compiled and exported {output} in {compiled - imported:.1f} s")
@@ -102,6 +124,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "target_description": named_target.description,
         "tvm_version": tvm.__version__,
         "tuning_database": None,
+        "oversized_op": {"custom_op": request.custom_op, "algo": request.oversized_algo},
         "weights": {
             "checkpoint": str(Path(request.checkpoint).resolve()) if request.checkpoint else None,
             "sha256": manifest_io.sha256(request.checkpoint) if request.checkpoint else None,

@@ -10,6 +10,7 @@ from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.frontend import FRONTENDS
 from parcnet_tvm.model import VARIANTS
+from parcnet_tvm.oversized import ALGOS
 from parcnet_tvm.targets import TARGET_NAMES
 
 
@@ -23,6 +24,10 @@ def parse_args(argv=None):
     parser.add_argument("--frontend", default="torch", choices=FRONTENDS)
     parser.add_argument("--cuda-arch", help="CUDA arch when no GPU is visible (default sm_90)")
     parser.add_argument("--mcpu", help="override the detected x86 CPU name (LLVM -mcpu)")
+    parser.add_argument("--no-custom-op", action="store_true",
+                        help="keep TVM's generic conv2d for the oversized convolutions (for comparison)")
+    parser.add_argument("--oversized-algo", default="auto", choices=ALGOS,
+                        help="algorithm of our oversized op (default: auto, see parcnet_tvm/oversized.py)")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
     parser.add_argument("--time", type=int, default=0, metavar="N",
                         help="after building, time the library and PyTorch eager N times each (x86/cuda)")
@@ -36,6 +41,7 @@ def main(argv=None):
         model=args.model, target=args.target, input_size=args.input_size, batch=args.batch,
         checkpoint=args.checkpoint, frontend=args.frontend, output=args.output,
         cuda_arch=args.cuda_arch, mcpu=args.mcpu, verify=not args.no_verify,
+        custom_op=not args.no_custom_op, oversized_algo=args.oversized_algo,
     )
     manifest = build_library(request)
     if args.time:

@@ -1,0 +1,110 @@
+"""Relax rewrite: each oversized depth-wise conv pair -> our TE op through call_tir.
+
+Matches `conv2d(conv2d(x, Wh), Ww)` where both are depth-wise (groups == channels), stride 1,
+NCHW / OIHW, with a constant (C,1,2H-1,1) kernel padded H-1 and a constant (C,1,1,2W-1)
+kernel padded W-1: the ParC V2 `dwconv1` of every block, from the torch and ONNX imports
+alike. Anything else (the 7x7 depth-wise conv, stems, 1x1 convs) is left as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from .oversized import choose_algo, oversized_conv, weight_constants
+
+OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves our op alone, so its schedule stays ours
+
+
+def _pattern():
+    data, weight_h, weight_w = wildcard(), is_const(), is_const()
+    conv_h = is_op("relax.nn.conv2d")(data, weight_h)
+    conv_w = is_op("relax.nn.conv2d")(conv_h, weight_w)
+    return conv_w, data, weight_h, weight_w, conv_h
+
+
+def _ints(values) -> list[int]:
+    return [int(v) for v in values]
+
+
+def _const_value(const) -> np.ndarray:
+    holder = getattr(const, "data", None) or getattr(const, "value", None)
+    return holder.numpy()
+
+
+def _is_depthwise(call, channels: int, kernel: tuple[int, int], padding: list[int]) -> bool:
+    attrs = call.attrs
+    return (
+        int(attrs.groups) == channels
+        and _ints(attrs.strides) == [1, 1]
+        and _ints(attrs.dilation) == [1, 1]
+        and str(attrs.data_layout) == "NCHW"
+        and str(attrs.kernel_layout) == "OIHW"
+        and str(attrs.out_layout) == "NCHW"
+        and _ints(call.args[1].ty.shape) == [channels, 1, *kernel]
+        and _ints(attrs.padding) == padding
+    )
+
+
+def oversized_shape(conv_h, conv_w, data) -> tuple[int, int, int, int] | None:
+    """(N, C, H, W) when the pair is an oversized H-then-W depth-wise conv, else None."""
+    shape = data.ty.shape
+    if shape is None or len(shape) != 4 or str(data.ty.dtype) != "float32":
+        return None
+    try:
+        batch, channels, height, width = _ints(shape)
+    except TypeError:  # symbolic shape
+        return None
+    h_ok = _is_depthwise(conv_h, channels, (2 * height - 1, 1), [height - 1, 0, height - 1, 0])
+    w_ok = _is_depthwise(conv_w, channels, (1, 2 * width - 1), [0, width - 1, 0, width - 1])
+    return (batch, channels, height, width) if h_ok and w_ok else None
+
+
+def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: str = "main"):
+    """Replace every oversized conv pair in `func_name`; returns (new module, count, algos used)."""
+    pattern, data_p, weight_h_p, weight_w_p, conv_h_p = _pattern()
+    builder = relax.BlockBuilder(mod)  # adds our PrimFuncs with typed GlobalVars
+    gvars: dict[str, relax.GlobalVar] = {}
+    algos: list[str] = []
+
+    def rewriter(expr, matches):
+        shape = oversized_shape(matches[conv_h_p], expr, matches[data_p])
+        if shape is None:
+            return expr
+        batch, channels, height, width = shape
+        chosen = choose_algo(algo, channels, height, width)
+        constants = weight_constants(chosen, "hw", _const_value(matches[weight_h_p]),
+                                     _const_value(matches[weight_w_p]), height, width)
+        x = te.placeholder(shape, "float32", name="x")
+        taps = [te.placeholder(c.shape, "float32", name=f"taps{i}") for i, c in enumerate(constants)]
+        out = oversized_conv(x, *taps, algo=chosen, passes="hw")
+        name = f"oversized_conv_{chosen}_c{channels}_h{height}_w{width}_n{batch}"
+        func = te.create_prim_func([x, *taps, out]).with_attrs({"op_pattern": OPAQUE, "global_symbol": name})
+        if name not in gvars:  # identical shapes share one PrimFunc (and one tuning task)
+            gvars[name] = builder.add_func(func, name)
+        gvar = gvars[name]
+        algos.append(chosen)
+        args = [matches[data_p], *(relax.const(c) for c in constants)]
+        return relax.call_tir(gvar, args, relax.TensorType(shape, "float32"))
+
+    new_func = rewrite_call(pattern, rewriter, mod[func_name])
+    mod = builder.get()
+    mod[func_name] = new_func
+    mod = relax.transform.DeadCodeElimination([func_name])(mod)
+    return mod, len(algos), algos
+
+
+def count_oversized_convs(mod: tvm.IRModule, func_name: str = "main") -> int:
+    """How many call_tir calls to our op `func_name` makes (for tests and logs)."""
+    count = 0
+
+    def visit(expr):
+        nonlocal count
+        if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.call_tir"):
+            if expr.args[0].name_hint.startswith("oversized_conv_"):
+                count += 1
+
+    relax.analysis.post_order_visit(mod[func_name], visit)
+    return count

@@ -1,0 +1,47 @@
+"""What the per-target schedules share: finding our op's blocks and declaring tile knobs."""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from parcnet_tvm.oversized import H_BLOCK, SCHEDULE_RULE, W_BLOCK
+
+
+def oversized_blocks(sch: s_tir.Schedule):
+    """(h_block or None, w_block or None, output block) of our op in `sch`, or None if absent."""
+    found = {}
+    for name in (H_BLOCK, W_BLOCK):
+        try:
+            found[name] = sch.get_sblock(name)
+        except Exception:  # the schedule raises when no block has that name
+            found[name] = None
+    h_block, w_block = found[H_BLOCK], found[W_BLOCK]
+    if h_block is None and w_block is None:
+        return None
+    output = w_block if w_block is not None else h_block
+    rule = sch.get(output).annotations.get("schedule_rule")
+    if rule is None or str(rule) != SCHEDULE_RULE:
+        return None
+    return h_block, w_block, output
+
+
+def is_oversized_func(func: tirx.PrimFunc) -> bool:
+    return oversized_blocks(s_tir.Schedule(func)) is not None
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def knob(sch: s_tir.Schedule, candidates: list[int], default: int, tunable: bool):
+    """A tile size: the default when building untuned, a MetaSchedule-sampled choice when tuning."""
+    if not tunable or len(candidates) == 1:
+        return default
+    return sch.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates))
+
+
+def mark_root_untouchable(sch: s_tir.Schedule) -> None:
+    """Stop MetaSchedule's ParallelVectorizeUnroll from annotating the root block: it would
+    mark the root parallel, and the postproc then rejects every candidate (shared notes)."""
+    root = sch.get_sblock("root")
+    sch.annotate(root, "schedule_rule", "None")

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Time one oversized H+W conv pair per stage shape of ParCNetV2: PyTorch vs TVM vs our op.
+
+  python scripts/bench_op.py --target x86 --json bench_op.json
+
+Every implementation runs in this one process, on the same input, with the same thread
+count; each TVM result is checked against PyTorch before it is timed.
+"""
+
+import argparse
+import json
+import platform
+
+from parcnet_tvm.bench_op import IMPLS, bench_shape, format_table, stage_shapes
+from parcnet_tvm.cli import run_main
+from parcnet_tvm.targets import cpu_model_name, get_target, host_cores
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="x86", help="x86 (cuda needs a GPU; arm needs a board)")
+    parser.add_argument("--model", nargs="+", default=["xt", "t"])
+    parser.add_argument("--input-size", default="224")
+    parser.add_argument("--impl", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--repeat", type=int, default=20, help="timed samples per impl (median reported)")
+    parser.add_argument("--number", type=int, default=10, help="calls per timed sample")
+    parser.add_argument("--json", help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+
+    named_target = get_target(args.target)
+    reason = named_target.why_not_runnable_here()
+    if reason:
+        from parcnet_tvm import ParcnetError
+
+        raise ParcnetError(f"cannot time {args.target} here: {reason}")
+    print(f"machine: {cpu_model_name()}, {host_cores()} threads, {platform.machine()}; "
+          f"target {named_target.description}")
+    rows = []
+    for shape in stage_shapes(args.model, args.input_size):
+        rows += bench_shape(shape, named_target, args.impl, repeat=args.repeat, number=args.number)
+        print(f"  {shape['model']} stage {shape['stage']}: " +
+              ", ".join(f"{r['impl']} {r['median_ms']:.4f} ms" for r in rows[-len(args.impl):]), flush=True)
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
