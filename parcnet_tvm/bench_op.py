@@ -9,12 +9,15 @@ import tvm
 from tvm import relax
 
 from .build import compile_relax
+from .rewrite import rewrite_oversized_convs
+from .tune import tune_oversized_ops
 from .model import VARIANTS, parse_input_size, stage_map_sizes, variant_key
 from .targets import NamedTarget, host_cores
 from .timing import measure_ms
 from .verify import load_vm
 
 IMPLS = ("pytorch", "tvm-generic", "ours-direct", "ours-toeplitz", "ours-auto")
+TUNED = "ours-tuned"
 
 
 def stage_shapes(models, input_size=224) -> list[dict]:
@@ -43,9 +46,20 @@ def conv_pair_module(weight_h: np.ndarray, weight_w: np.ndarray, shape) -> tvm.I
     return builder.get()
 
 
+def tune_shape(shape_row: dict, named_target: NamedTarget, work_dir, trials: int, batch: int = 1) -> None:
+    """Tune our op (auto algorithm) for one stage shape into the database in `work_dir`."""
+    channels, height, width = shape_row["channels"], shape_row["height"], shape_row["width"]
+    weight_h = np.zeros((channels, 1, 2 * height - 1, 1), np.float32)
+    weight_w = np.zeros((channels, 1, 1, 2 * width - 1), np.float32)
+    mod, _, _ = rewrite_oversized_convs(conv_pair_module(weight_h, weight_w, (batch, channels, height, width)))
+    tune_oversized_ops(mod, named_target, work_dir, trials)
+
+
 def bench_shape(shape_row: dict, named_target: NamedTarget, impls=IMPLS, batch: int = 1,
-                repeat: int = 20, number: int = 10, check: bool = True) -> list[dict]:
-    """Time every impl on one stage shape, same input and threads; checks each against PyTorch."""
+                repeat: int = 20, number: int = 10, check: bool = True, tuning_log=None) -> list[dict]:
+    """Time every impl on one stage shape, same input and threads; checks each against PyTorch.
+
+    'ours-tuned' uses the schedules recorded in `tuning_log` (hand schedules where it has none)."""
     channels, height, width = shape_row["channels"], shape_row["height"], shape_row["width"]
     shape = (batch, channels, height, width)
     rng = np.random.default_rng(0)
@@ -68,8 +82,10 @@ def bench_shape(shape_row: dict, named_target: NamedTarget, impls=IMPLS, batch: 
             run, sync = pytorch, None
         else:
             custom_op = impl != "tvm-generic"
-            algo = impl.split("-", 1)[1] if custom_op else "auto"
-            executable = compile_relax(conv_pair_module(weight_h, weight_w, shape), named_target, custom_op, algo)
+            algo = impl.split("-", 1)[1] if custom_op and impl != TUNED else "auto"
+            executable = compile_relax(conv_pair_module(weight_h, weight_w, shape), named_target, custom_op, algo,
+                                       tuning_log=tuning_log if impl == TUNED else None,
+                                       tvm_default=not custom_op)
             vm = load_vm(executable, device)
             x_tvm = tvm.runtime.tensor(x, device)
             main = vm["main"]

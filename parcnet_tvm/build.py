@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import tvm
+from tvm import relax
 
 from schedules import apply_hand_schedules
 
@@ -17,6 +18,7 @@ from .errors import ParcnetError
 from .frontend import import_model
 from .oversized import choose_algo
 from .rewrite import rewrite_oversized_convs
+from .tune import apply_database
 from .model import create_model, parse_input_size, variant_key
 from .targets import NamedTarget, get_target
 from .verify import raise_on_failure, verify_against
@@ -36,8 +38,9 @@ class BuildRequest:
     cuda_arch: str | None = None
     mcpu: str | None = None
     verify: bool = True
-    custom_op: bool = True        # our oversized-conv op + hand schedules; False = TVM's conv2d
+    custom_op: bool = True        # our oversized-conv op; False keeps TVM's conv2d for it
     oversized_algo: str = "auto"  # auto | direct | toeplitz
+    tvm_default: bool = False     # TVM's default build of everything: the untuned baseline
 
     def output_path(self) -> Path:
         if self.output:
@@ -68,22 +71,44 @@ def model_from_manifest(manifest: dict) -> torch.nn.Module:
 
 
 def prepare_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,
-                  oversized_algo: str = "auto", log=None) -> tvm.IRModule:
-    """Our graph stages before TVM's pipeline: the oversized-op rewrite and its hand schedules."""
-    if not custom_op:
+                  oversized_algo: str = "auto", tuning_log=None, tvm_default: bool = False,
+                  log=None) -> tvm.IRModule:
+    """Our pipeline before TVM's lowering, as named passes:
+
+    1. rewrite each oversized conv pair into our op (unless custom_op=False);
+    2. legalize and fuse (what MetaSchedule extracts its tasks from);
+    3. apply the tuning database's best schedules where it has records;
+    4. schedule the rest by hand: our op's rule, then the CPU fallback.
+
+    tvm_default=True skips all of it: TVM's own default build, the untuned baseline.
+    """
+    if tvm_default:
         return mod
-    mod, replaced, algos = rewrite_oversized_convs(mod, oversized_algo)
-    if log:
-        used = ", ".join(f"{algos.count(a)} {a}" for a in sorted(set(algos)))
-        log(f"      replaced {replaced} oversized conv pairs with our op ({used or 'none'})")
+    if custom_op:
+        mod, replaced, algos = rewrite_oversized_convs(mod, oversized_algo)
+        if log:
+            used = ", ".join(f"{algos.count(a)} {a}" for a in sorted(set(algos)))
+            log(f"      replaced {replaced} oversized conv pairs with our op ({used or 'none'})")
+    mod = legalize_and_fuse(mod)
+    if tuning_log:
+        mod = apply_database(mod, named_target, tuning_log)
     return apply_hand_schedules(mod, named_target.target)
 
 
+def legalize_and_fuse(mod: tvm.IRModule) -> tvm.IRModule:
+    return tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ])(mod)
+
+
 def compile_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,
-                  oversized_algo: str = "auto", log=None):
-    """Compile for the target: our op with hand schedules (unless custom_op=False), TVM's
-    default pipeline for everything else (no tuning)."""
-    mod = prepare_relax(mod, named_target, custom_op, oversized_algo, log)
+                  oversized_algo: str = "auto", tuning_log=None, tvm_default: bool = False, log=None):
+    """Compile for the target through `prepare_relax`, then TVM's lowering and code generation."""
+    mod = prepare_relax(mod, named_target, custom_op, oversized_algo, tuning_log, tvm_default, log)
     return tvm.compile(mod, target=named_target.target)
 
 
@@ -107,7 +132,8 @@ def build_library(request: BuildRequest, log=print) -> dict:
     log(f"[2/4] imported through {request.frontend} in {imported - started:.1f} s")
 
     choose_algo(request.oversized_algo, 1, 1, 1)  # reject an unknown algorithm before compiling
-    executable = compile_relax(mod, named_target, request.custom_op, request.oversized_algo, log)
+    executable = compile_relax(mod, named_target, request.custom_op, request.oversized_algo,
+                               tvm_default=request.tvm_default, log=log)
     named_target.export_library(executable, output)
     compiled = time.perf_counter()
     log(f"[3/4] compiled and exported {output} in {compiled - imported:.1f} s")
@@ -124,7 +150,9 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "target_description": named_target.description,
         "tvm_version": tvm.__version__,
         "tuning_database": None,
-        "oversized_op": {"custom_op": request.custom_op, "algo": request.oversized_algo},
+        "schedules": "tvm-default" if request.tvm_default else "ours",
+        "oversized_op": {"custom_op": request.custom_op and not request.tvm_default,
+                         "algo": request.oversized_algo},
         "weights": {
             "checkpoint": str(Path(request.checkpoint).resolve()) if request.checkpoint else None,
             "sha256": manifest_io.sha256(request.checkpoint) if request.checkpoint else None,

@@ -29,11 +29,13 @@ def measure_ms(run, repeat: int = 10, warmup: int = 2, sync=None, number: int = 
     }
 
 
-def compare_with_pytorch(library, manifest: dict, repeat: int = 10) -> list[dict]:
-    """Time an exported library and PyTorch eager side by side, on the same input and threads."""
+def compare_with_pytorch(library, manifest: dict, repeat: int = 10, baselines=()) -> list[dict]:
+    """Time an exported library, any `baselines` (other libraries built for the same model,
+    input and target) and PyTorch eager side by side: one process, same input and threads."""
     import torch
     import tvm
 
+    from . import manifest as manifest_io
     from .build import model_from_manifest
     from .errors import ParcnetError
     from .targets import get_target, host_cores
@@ -43,29 +45,38 @@ def compare_with_pytorch(library, manifest: dict, repeat: int = 10) -> list[dict
     reason = named_target.why_not_runnable_here()
     if reason:
         raise ParcnetError(f"cannot time {library} here: {reason}")
+    libraries = [(library, manifest)]
+    for baseline in baselines:
+        other = manifest_io.read(baseline)
+        if (other["input_shape"], other["model"], other["target"]) != \
+                (manifest["input_shape"], manifest["model"], manifest["target"]):
+            raise ParcnetError(f"{baseline} was built for another model, input or target than {library}")
+        libraries.append((baseline, other))
     torch.set_num_threads(host_cores())
     x = reference_input(manifest["input_shape"])
     model = model_from_manifest(manifest)
     device = named_target.device()
-    vm = load_vm(library, device)
-    x_tvm = tvm.runtime.tensor(x, device)
-    main = vm["main"]
     x_torch = torch.from_numpy(x)
     with torch.no_grad():
-        torch_row = measure_ms(lambda: model(x_torch), repeat=repeat)
-    tvm_row = measure_ms(lambda: main(x_tvm), repeat=repeat, sync=device.sync)
-    label = library_label(manifest)
-    rows = [dict(backend="pytorch-eager", **torch_row), dict(backend=label, **tvm_row)]
+        rows = [dict(backend="pytorch-eager", library=None, **measure_ms(lambda: model(x_torch), repeat=repeat))]
+    x_tvm = tvm.runtime.tensor(x, device)
+    for path, info in libraries:
+        main = load_vm(path, device)["main"]
+        timing = measure_ms(lambda: main(x_tvm), repeat=repeat, sync=device.sync)
+        rows.append(dict(backend=library_label(info), library=str(path), **timing))
     for row in rows:
-        row["speedup_vs_pytorch"] = torch_row["median_ms"] / row["median_ms"]
+        row["speedup_vs_pytorch"] = rows[0]["median_ms"] / row["median_ms"]
     return rows
 
 
 def library_label(manifest: dict) -> str:
-    """tvm-tuned (a tuning database applied), tvm-ours (our op + hand schedules) or tvm-untuned."""
+    """tvm-tuned (a tuning database applied), tvm-ours (our pipeline, no tuning), tvm-ours-generic-conv
+    (our pipeline with TVM's conv2d for the oversized convs) or tvm-untuned (TVM's default build)."""
     if manifest.get("tuning_database"):
         return "tvm-tuned"
-    return "tvm-ours" if manifest.get("oversized_op", {}).get("custom_op") else "tvm-untuned"
+    if manifest.get("schedules", "tvm-default") == "tvm-default":
+        return "tvm-untuned"
+    return "tvm-ours" if manifest["oversized_op"]["custom_op"] else "tvm-ours-generic-conv"
 
 
 def format_latency_table(rows: list[dict], manifest: dict) -> str:

@@ -14,19 +14,25 @@ from tvm.s_tir.dlight import ApplyDefaultSchedule
 from parcnet_tvm.oversized import SCHEDULE_RULE
 
 from .arm import OversizedConvArm
+from .cpu_fallback import ParallelVectorizeFallback
 from .cuda import OversizedConvCuda
 from .x86 import OversizedConvX86
 
 RULES = (OversizedConvArm(), OversizedConvX86(), OversizedConvCuda())
+# Tried after ours, on whatever is left unscheduled (CPU only: for CUDA, TVM's pipeline
+# applies dlight's GPU rules to the rest).
+FALLBACKS = (ParallelVectorizeFallback(),)
 # MetaSchedule looks up "s_tir.meta_schedule.<target key>.<schedule_rule>" for each key of
 # the target in order: ARM targets have keys (arm_cpu, cpu), x86 (cpu), CUDA (cuda, gpu).
 TARGET_KEYS = {"arm_cpu": RULES[0], "cpu": RULES[1], "cuda": RULES[2]}
 
 
 def apply_hand_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Schedule every oversized-op PrimFunc in `mod` for `target` (untuned build)."""
+    """Schedule every PrimFunc of a legalized, fused `mod` that is not scheduled yet (untuned
+    or missing from the tuning database): our op by its rule, the rest by the fallback."""
+    rules = [rule for rule in (*RULES, *FALLBACKS) if rule.is_target_available(target)]
     with target:
-        return ApplyDefaultSchedule(*(rule for rule in RULES if rule.is_target_available(target)))(mod)
+        return ApplyDefaultSchedule(*rules)(mod)
 
 
 def _register(key: str, rule) -> None:

@@ -7,10 +7,10 @@ H x W intermediate of every stage (56 x 56 x 4 B = 12.25 KiB at stage 1).
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
+from .common import OversizedRule
 from .cpu_tiling import CpuLimits, schedule_cpu
 
 NEON_LIMITS = CpuLimits(lanes=4, accumulator_vectors=8, max_col_vectors=4)
@@ -21,16 +21,9 @@ def is_arm(target: Target) -> bool:
                                            str(target.attrs.get("mtriple", "")).startswith("arm"))
 
 
-class OversizedConvArm(ScheduleRule):
+class OversizedConvArm(OversizedRule):
     def is_target_available(self, target: Target) -> bool:
         return is_arm(target)
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        return sch if schedule_cpu(sch, NEON_LIMITS, tunable) else None
-
-    def apply_to(self, sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule]:
-        schedule_cpu(sch, NEON_LIMITS, tunable=True)
-        return [sch]
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
+        return schedule_cpu(sch, NEON_LIMITS, tunable)

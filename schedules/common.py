@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
 
 from parcnet_tvm.oversized import H_BLOCK, SCHEDULE_RULE, W_BLOCK
 
@@ -25,10 +27,6 @@ def oversized_blocks(sch: s_tir.Schedule):
     return h_block, w_block, output
 
 
-def is_oversized_func(func: tirx.PrimFunc) -> bool:
-    return oversized_blocks(s_tir.Schedule(func)) is not None
-
-
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -45,3 +43,22 @@ def mark_root_untouchable(sch: s_tir.Schedule) -> None:
     mark the root parallel, and the postproc then rejects every candidate (shared notes)."""
     root = sch.get_sblock("root")
     sch.annotate(root, "schedule_rule", "None")
+
+
+class OversizedRule(ScheduleRule):
+    """A target family's schedule of our op, usable both ways: `apply` (dlight, untuned builds:
+    fixed tiles) and `apply_to` (MetaSchedule's custom rule: sampled tiles)."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
+        """Schedule our op in `sch` in place; False when `sch` holds none."""
+        raise NotImplementedError
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        return sch if self.schedule(sch, target, tunable) else None
+
+    def apply_to(self, sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule]:
+        self.schedule(sch, target, tunable=True)
+        return [sch]

@@ -59,10 +59,16 @@ def default_tile(height: int, width: int, limits: CpuLimits) -> tuple[int, int]:
 
 
 def tile_candidates(height: int, width: int, limits: CpuLimits) -> tuple[list[int], list[int]]:
+    """The tunable (rows, column vectors) choices.
+
+    Tiles of 1 are left out where a larger one exists: TIR drops unit loops from the blocks
+    that cache_write / decompose_reduction create, so a sampled 1 would change how many loops
+    a replayed trace finds, and MetaSchedule rejects such a trace ("old_outputs.size() ==
+    new_outputs.size()")."""
     vectors_per_row = width // vector_width(width, limits)
     col_vectors = [d for d in divisors(vectors_per_row) if d <= limits.max_col_vectors]
     rows = [d for d in divisors(height) if d <= 2 * limits.accumulator_vectors]
-    return rows, col_vectors
+    return [d for d in rows if d > 1] or rows, [d for d in col_vectors if d > 1] or col_vectors
 
 
 def _tile_pass(sch: s_tir.Schedule, block, loops, limits: CpuLimits, tunable: bool) -> None:

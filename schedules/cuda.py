@@ -10,11 +10,10 @@ tiled batched GEMM with its B matrix in shared memory.
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
-from .common import divisors, knob, mark_root_untouchable, oversized_blocks
+from .common import OversizedRule, divisors, knob, mark_root_untouchable, oversized_blocks
 
 MAX_THREADS = 1024
 DEFAULT_THREADS = 256  # enough warps per block to hide shared-memory latency
@@ -80,16 +79,9 @@ def schedule_cuda(sch: s_tir.Schedule, tunable: bool) -> bool:
     return True
 
 
-class OversizedConvCuda(ScheduleRule):
+class OversizedConvCuda(OversizedRule):
     def is_target_available(self, target: Target) -> bool:
         return target.kind.name == "cuda"
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        return sch if schedule_cuda(sch, tunable) else None
-
-    def apply_to(self, sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule]:
-        schedule_cuda(sch, tunable=True)
-        return [sch]
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
+        return schedule_cuda(sch, tunable)

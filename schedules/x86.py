@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
+from parcnet_tvm.targets import X86_CPUS
+
+from .common import OversizedRule
 from .cpu_tiling import CpuLimits, schedule_cpu
 
-AVX512_FLAGS = ("avx512f",)
+
+# CPU names our target detection gives to AVX-512 machines.
+AVX512_CPUS = {name for name, _, flags in X86_CPUS if "avx512f" in flags}
 
 
 def x86_limits(target: Target) -> CpuLimits:
     """AVX-512: 16 lanes, 32 registers; AVX2: 8 lanes, 16 registers (measured best: 14 accumulators)."""
-    mcpu = str(target.attrs.get("mcpu", ""))
-    wide = mcpu in ("znver4", "icelake-server", "skylake-avx512", "sapphirerapids", "cascadelake") or \
-        "x86-64-v4" in mcpu
-    if wide:
+    if str(target.attrs.get("mcpu", "")) in AVX512_CPUS:
         return CpuLimits(lanes=16, accumulator_vectors=16, max_col_vectors=4)
     return CpuLimits(lanes=8, accumulator_vectors=14, max_col_vectors=7)
 
@@ -26,17 +27,9 @@ def is_x86(target: Target) -> bool:
         not str(target.attrs.get("mtriple", "x86")).startswith(("arm", "aarch64"))
 
 
-class OversizedConvX86(ScheduleRule):
+class OversizedConvX86(OversizedRule):
     def is_target_available(self, target: Target) -> bool:
         return is_x86(target)
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        return sch if schedule_cpu(sch, x86_limits(target), tunable) else None
-
-    def apply_to(self, sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule]:
-        """MetaSchedule entry: tile sizes become sampled knobs."""
-        schedule_cpu(sch, x86_limits(target), tunable=True)
-        return [sch]
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
+        return schedule_cpu(sch, x86_limits(target), tunable)

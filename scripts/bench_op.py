@@ -11,7 +11,8 @@ import argparse
 import json
 import platform
 
-from parcnet_tvm.bench_op import IMPLS, bench_shape, format_table, stage_shapes
+from parcnet_tvm import ParcnetError
+from parcnet_tvm.bench_op import IMPLS, TUNED, bench_shape, format_table, stage_shapes, tune_shape
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.targets import cpu_model_name, get_target, host_cores
 
@@ -24,22 +25,30 @@ def main(argv=None):
     parser.add_argument("--impl", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--repeat", type=int, default=20, help="timed samples per impl (median reported)")
     parser.add_argument("--number", type=int, default=10, help="calls per timed sample")
+    parser.add_argument("--tuning-log", help="MetaSchedule database: adds the ours-tuned row")
+    parser.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                        help="first tune our op for each shape, N trials each, into --tuning-log")
     parser.add_argument("--json", help="write the rows as JSON here")
     args = parser.parse_args(argv)
 
     named_target = get_target(args.target)
     reason = named_target.why_not_runnable_here()
     if reason:
-        from parcnet_tvm import ParcnetError
-
         raise ParcnetError(f"cannot time {args.target} here: {reason}")
     print(f"machine: {cpu_model_name()}, {host_cores()} threads, {platform.machine()}; "
           f"target {named_target.description}")
+    if args.tune_trials and not args.tuning_log:
+        raise ParcnetError("--tune-trials needs --tuning-log DIR to write the database to")
+    impls = list(args.impl) + ([TUNED] if args.tuning_log else [])
     rows = []
     for shape in stage_shapes(args.model, args.input_size):
-        rows += bench_shape(shape, named_target, args.impl, repeat=args.repeat, number=args.number)
+        if args.tune_trials:
+            print(f"  tuning {shape['model']} stage {shape['stage']} ({args.tune_trials} trials)...", flush=True)
+            tune_shape(shape, named_target, args.tuning_log, args.tune_trials)
+        rows += bench_shape(shape, named_target, impls, repeat=args.repeat, number=args.number,
+                            tuning_log=args.tuning_log)
         print(f"  {shape['model']} stage {shape['stage']}: " +
-              ", ".join(f"{r['impl']} {r['median_ms']:.4f} ms" for r in rows[-len(args.impl):]), flush=True)
+              ", ".join(f"{r['impl']} {r['median_ms']:.4f} ms" for r in rows[-len(impls):]), flush=True)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -26,11 +26,16 @@ def parse_args(argv=None):
     parser.add_argument("--mcpu", help="override the detected x86 CPU name (LLVM -mcpu)")
     parser.add_argument("--no-custom-op", action="store_true",
                         help="keep TVM's generic conv2d for the oversized convolutions (for comparison)")
+    parser.add_argument("--tvm-default-schedules", action="store_true",
+                        help="TVM's own default build of everything (no op rewrite, no hand schedules): "
+                             "the untuned baseline")
     parser.add_argument("--oversized-algo", default="auto", choices=ALGOS,
                         help="algorithm of our oversized op (default: auto, see parcnet_tvm/oversized.py)")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
     parser.add_argument("--time", type=int, default=0, metavar="N",
                         help="after building, time the library and PyTorch eager N times each (x86/cuda)")
+    parser.add_argument("--baseline", nargs="+", default=[], metavar="LIB.so",
+                        help="with --time: also time these libraries (same model/input/target) side by side")
     parser.add_argument("-o", "--output", help="library path (default build/parcnetv2_<model>-<target>-<size>.so)")
     return parser.parse_args(argv)
 
@@ -42,12 +47,13 @@ def main(argv=None):
         checkpoint=args.checkpoint, frontend=args.frontend, output=args.output,
         cuda_arch=args.cuda_arch, mcpu=args.mcpu, verify=not args.no_verify,
         custom_op=not args.no_custom_op, oversized_algo=args.oversized_algo,
+        tvm_default=args.tvm_default_schedules,
     )
     manifest = build_library(request)
     if args.time:
         from parcnet_tvm.timing import compare_with_pytorch, format_latency_table
 
-        rows = compare_with_pytorch(request.output_path(), manifest, repeat=args.time)
+        rows = compare_with_pytorch(request.output_path(), manifest, repeat=args.time, baselines=args.baseline)
         print(format_latency_table(rows, manifest))
     return 0
 

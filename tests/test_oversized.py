@@ -1,0 +1,117 @@
+"""Our oversized depth-wise conv op: numerics of both algorithms, hand schedules per target."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import tvm
+from tvm import te
+
+from parcnet_tvm import ParcnetError
+from parcnet_tvm.bench_op import conv_pair_module, stage_shapes
+from parcnet_tvm.build import compile_relax
+from parcnet_tvm.oversized import TOEPLITZ_MAX_BYTES, choose_algo, oversized_conv, reference, weight_constants
+from parcnet_tvm.targets import get_target
+from parcnet_tvm.verify import load_vm
+from schedules.arm import OversizedConvArm
+from schedules.cuda import OversizedConvCuda
+from schedules.x86 import OversizedConvX86
+
+X86 = get_target("x86")
+
+
+def _case(channels, height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, channels, height, width), dtype=np.float32)
+    wh = (0.1 * rng.standard_normal((channels, 1, 2 * height - 1, 1))).astype(np.float32)
+    ww = (0.1 * rng.standard_normal((channels, 1, 1, 2 * width - 1))).astype(np.float32)
+    return x, wh, ww
+
+
+def _pytorch_pair(x, wh, ww):
+    _, channels, height, width = x.shape
+    with torch.no_grad():
+        y = F.conv2d(torch.from_numpy(x), torch.from_numpy(wh), padding=(height - 1, 0), groups=channels)
+        return F.conv2d(y, torch.from_numpy(ww), padding=(0, width - 1), groups=channels).numpy()
+
+
+def _run_pair(x, wh, ww, algo):
+    executable = compile_relax(conv_pair_module(wh, ww, x.shape), X86, custom_op=True, oversized_algo=algo)
+    vm = load_vm(executable, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+SHAPES = [(r["channels"], r["height"], r["width"]) for size in (224, 160)
+          for r in stage_shapes(["xt", "t"], size)]
+
+
+@pytest.mark.parametrize("algo", ["direct", "toeplitz"])
+@pytest.mark.parametrize("channels, height, width", SHAPES)
+def test_stage_shapes_match_pytorch(channels, height, width, algo):
+    x, wh, ww = _case(channels, height, width)
+    assert np.abs(_run_pair(x, wh, ww, algo) - _pytorch_pair(x, wh, ww)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("algo", ["direct", "toeplitz"])
+@pytest.mark.parametrize("channels, height, width", [
+    (5, 7, 12),   # H != W, channels not a multiple of any vector width
+    (3, 1, 8),    # a 1-row map: the H kernel has a single tap
+    (6, 9, 1),    # a 1-column map
+    (17, 13, 29), # primes everywhere
+])
+def test_odd_shapes_match_pytorch(channels, height, width, algo):
+    x, wh, ww = _case(channels, height, width, seed=1)
+    assert np.abs(_run_pair(x, wh, ww, algo) - _pytorch_pair(x, wh, ww)).max() <= 1e-4
+
+
+def _te_func(channels, height, width, algo, passes):
+    x, wh, ww = _case(channels, height, width, seed=2)
+    constants = weight_constants(algo, passes, wh, ww, height, width)
+    x_te = te.placeholder(x.shape, name="x")
+    taps = [te.placeholder(c.shape, name=f"taps{i}") for i, c in enumerate(constants)]
+    func = te.create_prim_func([x_te, *taps, oversized_conv(x_te, *taps, algo=algo, passes=passes)])
+    return func, x, constants, reference(x, wh, ww, passes)
+
+
+@pytest.mark.parametrize("algo", ["direct", "toeplitz"])
+@pytest.mark.parametrize("passes", ["h", "w"])
+def test_single_passes_match_reference(algo, passes):
+    func, x, constants, expected = _te_func(24, 28, 20, algo, passes)
+    executable = tvm.compile(OversizedConvX86().apply(func, X86.target, False).mod, target=X86.target)
+    args = [tvm.runtime.tensor(a) for a in (x, *constants, np.zeros_like(x))]
+    executable.mod["main"](*args)
+    assert np.abs(args[-1].numpy() - expected).max() <= 1e-4
+
+
+def test_auto_rule_prefers_toeplitz_until_constants_get_large():
+    assert choose_algo("auto", 64, 56, 56) == "toeplitz"
+    assert choose_algo("auto", 512, 7, 7) == "toeplitz"
+    big = int((TOEPLITZ_MAX_BYTES / 4 / 2) ** 0.5) + 8  # H = W such that C=1 already exceeds the budget
+    assert choose_algo("auto", 1, big, big) == "direct"
+    assert choose_algo("direct", 64, 56, 56) == "direct"
+    with pytest.raises(ParcnetError, match="auto, direct, toeplitz"):
+        choose_algo("fft", 64, 56, 56)
+
+
+@pytest.mark.parametrize("algo", ["direct", "toeplitz"])
+def test_arm_schedule_compiles_to_neon(algo):
+    arm = get_target("arm")
+    func, *_ = _te_func(64, 56, 56, algo, "hw")
+    sch = OversizedConvArm().apply(func, arm.target, False)
+    assert sch is not None and OversizedConvX86().apply(func, arm.target, False) is None
+    assert "T.vectorized(4)" in sch.mod.script()  # 4-lane fp32 NEON vectors
+    asm = tvm.compile(sch.mod, target=arm.target).mod.inspect_source("asm")
+    assert "vfma.f32\tq" in asm or "vmla.f32\tq" in asm  # quad-register multiply-accumulates
+
+
+@pytest.mark.parametrize("algo", ["direct", "toeplitz"])
+def test_cuda_schedule_binds_blocks_threads_and_shared_memory(algo):
+    cuda = get_target("cuda", cuda_arch="sm_86")
+    func, *_ = _te_func(64, 56, 56, algo, "hw")
+    sch = OversizedConvCuda().apply(func, cuda.target, False)
+    executable = tvm.compile(sch.mod, target=cuda.target)
+    kernels = [m for m in executable.mod.imports if m.kind == "cuda"]
+    source = kernels[0].inspect_source()
+    assert "blockIdx.x" in source and "blockIdx.y" in source and "threadIdx.x" in source
+    assert "__shared__" in source and "__syncthreads" in source
+    assert "__launch_bounds__(224)" in source  # 4 rows x 56 columns: not a single-thread fallback
