@@ -99,7 +99,6 @@ def legalize_and_fuse(mod: tvm.IRModule) -> tvm.IRModule:
     return tvm.transform.Sequential([
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ])(mod)

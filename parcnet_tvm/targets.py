@@ -140,7 +140,15 @@ class NamedTarget:
             return None
         if self.name == "cuda":
             return None if local_cuda_arch() else "no CUDA GPU is visible on this machine"
-        return "ARM libraries run on an ARM board, or here under qemu with the ARM runtime bundle"
+        from .arm_bundle import why_not_emulated
+
+        reason = why_not_emulated()  # ARM libraries run here on the emulated board (qemu-arm)
+        return None if reason is None else f"ARM libraries run on the board, or here under qemu: {reason}"
+
+    @property
+    def emulated(self) -> bool:
+        """Libraries for this target run here only under emulation: their time is not latency."""
+        return self.name == "arm"
 
     def device(self):
         return tvm.cuda(0) if self.name == "cuda" else tvm.cpu(0)

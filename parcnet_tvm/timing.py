@@ -45,6 +45,9 @@ def compare_with_pytorch(library, manifest: dict, repeat: int = 10, baselines=()
     reason = named_target.why_not_runnable_here()
     if reason:
         raise ParcnetError(f"cannot time {library} here: {reason}")
+    if named_target.emulated:
+        raise ParcnetError(f"{library} would run under qemu here, and emulated time is not latency: "
+                           "time it on the board (parcnet_runner --repeat N) or through RPC")
     libraries = [(library, manifest)]
     for baseline in baselines:
         other = manifest_io.read(baseline)

@@ -16,11 +16,12 @@ needs_arm_toolchain = pytest.mark.skipif(
 )
 
 
-def run_script(name, *args, cwd=None):
-    """Run scripts/<name> as a user would; returns the CompletedProcess."""
+def run_script(name, *args, cwd=None, env=None):
+    """Run scripts/<name> as a user would (extra environment in `env`); returns the CompletedProcess."""
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
         capture_output=True, text=True, cwd=cwd or ROOT, timeout=900,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -31,6 +31,14 @@ def test_x86_build_writes_verified_library_and_manifest(xt_small_x86):
     assert check["status"] == "passed" and check["max_abs_error"] <= 1e-4
 
 
+def test_library_holds_the_weights_once(xt_small_x86):
+    """Constants must not be multiplied by the pipeline (FoldConstant once made T's library 567 MB
+    for 100 MB of weights, too large for the ARM linker)."""
+    library, _ = xt_small_x86
+    weight_bytes = 4 * sum(p.numel() for p in prepare_model("xt", SMALL).parameters())
+    assert library.stat().st_size < 1.3 * weight_bytes + 8e6
+
+
 def test_verify_script_rechecks_library(xt_small_x86):
     library, _ = xt_small_x86
     done = run_script("verify.py", library)
@@ -67,8 +75,12 @@ def test_verification_fails_loudly_on_mismatch(xt_small_x86, tmp_path, monkeypat
 
 @needs_arm_toolchain
 def test_arm_build_is_armv7_hard_float_shared_object(tmp_path):
+    """Without the emulated board (no ARM runtime built) the build skips verification and
+    verify.py refuses the library, saying why."""
     out = tmp_path / "xt_arm.so"
-    done = run_script("build.py", "--model", "xt", "--target", "arm", "--input-size", SMALL, "-o", out)
+    no_runtime = {"PARCNET_ARM_RUNTIME_CACHE": str(tmp_path / "empty-cache")}
+    done = run_script("build.py", "--model", "xt", "--target", "arm", "--input-size", SMALL, "-o", out,
+                      env=no_runtime)
     assert done.returncode == 0, done.stderr
     assert "ELF 32-bit LSB shared object, ARM, EABI5" in subprocess.run(
         ["file", str(out)], capture_output=True, text=True).stdout
@@ -77,7 +89,8 @@ def test_arm_build_is_armv7_hard_float_shared_object(tmp_path):
     assert "NEON" in attributes
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["verification"]["status"] == "skipped"
-    refused = run_script("verify.py", out)
+    assert "ARM runtime is not built" in manifest["verification"]["reason"]
+    refused = run_script("verify.py", out, env=no_runtime)
     assert refused.returncode == 2 and "cannot verify" in refused.stderr
 
 

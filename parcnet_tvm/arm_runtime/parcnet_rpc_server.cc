@@ -1,0 +1,366 @@
+// parcnet_rpc_server: a TVM RPC server for the board, so tune.py and bench.py can build
+// on the host and measure here.
+//
+//   parcnet_rpc_server --port 9090                      serve clients directly
+//   parcnet_rpc_server --tracker HOST:9190 --key rk3288 [--port 9090] [--host-addr IP]
+//
+// Speaks TVM's RPC handshake and tracker protocol (tvm/rpc/server.py is the reference):
+// each accepted session runs in a forked child, in its own work directory, with the
+// runtime's RPC server loop; a session's "-timeout=S" option kills it after S seconds.
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/reflection/registry.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tvm {
+namespace runtime {
+// The runtime's server loop over a connected socket (src/runtime/rpc/rpc_socket_impl.cc).
+void RPCServerLoop(int sockfd);
+}  // namespace runtime
+}  // namespace tvm
+
+namespace {
+
+constexpr int32_t kRPCMagic = 0xFF271;          // client <-> server handshake
+constexpr int32_t kTrackerMagic = 0x2F271;      // server <-> tracker
+constexpr int32_t kCodeSuccess = kRPCMagic + 0;
+constexpr int32_t kCodeMismatch = kRPCMagic + 2;
+// TrackerCode values (tvm/rpc/base.py).
+constexpr int kTrackerSuccess = 0, kTrackerPut = 3, kTrackerUpdateInfo = 5, kTrackerPendingKeys = 7;
+constexpr int kPingSeconds = 2;
+
+std::string g_workdir;  // the current session's directory
+
+struct Options {
+  int port = 9090;
+  int port_end = 9199;
+  std::string tracker_host;
+  int tracker_port = 0;
+  std::string key;  // direct mode: "" like `python -m tvm.exec.rpc_server`; tracker mode needs one
+  std::string host_addr;  // the address the tracker gives clients (default: as the tracker sees us)
+};
+
+[[noreturn]] void Fail(const std::string& msg) {
+  std::fprintf(stderr, "error: %s\n", msg.c_str());
+  std::exit(1);
+}
+
+void Log(const std::string& msg) {
+  std::fprintf(stderr, "[parcnet_rpc_server] %s\n", msg.c_str());
+}
+
+Options ParseArgs(int argc, char** argv) {
+  Options opt;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) Fail(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--port") {
+      opt.port = std::stoi(value());
+      opt.port_end = opt.port;
+    } else if (arg == "--port-end") {
+      opt.port_end = std::stoi(value());
+    } else if (arg == "--tracker") {
+      std::string t = value();
+      auto colon = t.rfind(':');
+      if (colon == std::string::npos) Fail("--tracker must be HOST:PORT, got " + t);
+      opt.tracker_host = t.substr(0, colon);
+      opt.tracker_port = std::stoi(t.substr(colon + 1));
+    } else if (arg == "--key") {
+      opt.key = value();
+    } else if (arg == "--host-addr") {
+      opt.host_addr = value();
+    } else {
+      Fail("usage: parcnet_rpc_server [--port P [--port-end Q]] [--tracker HOST:PORT --key KEY] [--host-addr IP]");
+    }
+  }
+  if (!opt.tracker_host.empty() && opt.key.empty()) Fail("--tracker needs --key KEY (e.g. rk3288)");
+  return opt;
+}
+
+// ---- socket helpers -------------------------------------------------------------------
+
+void SendAll(int fd, const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = send(fd, p, size, MSG_NOSIGNAL);
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      throw std::runtime_error("connection closed while sending");
+    }
+    p += n;
+    size -= size_t(n);
+  }
+}
+
+void RecvAll(int fd, void* data, size_t size) {
+  char* p = static_cast<char*>(data);
+  while (size > 0) {
+    ssize_t n = recv(fd, p, size, 0);
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      throw std::runtime_error("connection closed while receiving");
+    }
+    p += n;
+    size -= size_t(n);
+  }
+}
+
+void SendInt(int fd, int32_t v) { SendAll(fd, &v, 4); }  // little-endian on ARM and x86
+
+int32_t RecvInt(int fd) {
+  int32_t v;
+  RecvAll(fd, &v, 4);
+  return v;
+}
+
+void SendJson(int fd, const std::string& json) {
+  SendInt(fd, int32_t(json.size()));
+  SendAll(fd, json.data(), json.size());
+}
+
+std::string RecvString(int fd) {
+  int32_t size = RecvInt(fd);
+  if (size < 0 || size > (1 << 20)) throw std::runtime_error("bad message length");
+  std::string s(size_t(size), '\0');
+  RecvAll(fd, s.data(), s.size());
+  return s;
+}
+
+int Listen(const Options& opt, int* port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) Fail("cannot create a socket");
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  for (int p = opt.port; p <= opt.port_end; ++p) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    addr.sin_port = htons(uint16_t(p));
+    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 && listen(fd, 8) == 0) {
+      *port = p;
+      return fd;
+    }
+  }
+  Fail("no free port in " + std::to_string(opt.port) + ".." + std::to_string(opt.port_end));
+}
+
+int Connect(const std::string& host, int port) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0 || res == nullptr) {
+    throw std::runtime_error("cannot resolve " + host);
+  }
+  int fd = socket(res->ai_family, res->ai_socktype, res->ai_protocol);
+  int rc = fd < 0 ? -1 : connect(fd, res->ai_addr, res->ai_addrlen);
+  freeaddrinfo(res);
+  if (rc != 0) {
+    if (fd >= 0) close(fd);
+    throw std::runtime_error("cannot connect to " + host + ":" + std::to_string(port));
+  }
+  return fd;
+}
+
+// ---- tracker --------------------------------------------------------------------------
+
+std::string Quote(const std::string& s) { return "\"" + s + "\""; }
+
+class Tracker {
+ public:
+  Tracker(const Options& opt, int port) : opt_(opt), port_(port) {}
+
+  bool enabled() const { return !opt_.tracker_host.empty(); }
+
+  // Connect (with retries), introduce ourselves and offer a fresh match key.
+  void Register() {
+    for (int attempt = 0;; ++attempt) {
+      try {
+        fd_ = Connect(opt_.tracker_host, opt_.tracker_port);
+        break;
+      } catch (const std::exception& err) {
+        if (attempt == 0) Log(std::string(err.what()) + ", retrying every 2 s");
+        std::this_thread::sleep_for(std::chrono::seconds(2));
+      }
+    }
+    SendInt(fd_, kTrackerMagic);
+    if (RecvInt(fd_) != kTrackerMagic) Fail(opt_.tracker_host + " is not a TVM RPC tracker");
+    std::string addr = opt_.host_addr.empty() ? "null" : Quote(opt_.host_addr);
+    Request("[" + std::to_string(kTrackerUpdateInfo) + ", {\"key\": " + Quote("server:" + opt_.key) +
+            ", \"addr\": [" + addr + ", " + std::to_string(port_) + "]}]");
+    Put();
+  }
+
+  void Put() {
+    matchkey_ = opt_.key + ":" + std::to_string(std::random_device{}());
+    std::string addr = opt_.host_addr.empty() ? "null" : Quote(opt_.host_addr);
+    Request("[" + std::to_string(kTrackerPut) + ", " + Quote(opt_.key) + ", [" + std::to_string(port_) + ", " +
+            Quote(matchkey_) + "], " + addr + "]");
+  }
+
+  // While idle: if a client took our key but never came, offer a new one.
+  void Ping() {
+    SendJson(fd_, "[" + std::to_string(kTrackerPendingKeys) + "]");
+    std::string pending = RecvString(fd_);
+    if (pending.find(Quote(matchkey_)) == std::string::npos) {
+      if (++unmatched_ * kPingSeconds > 6) {
+        Put();
+        unmatched_ = 0;
+      }
+    } else {
+      unmatched_ = 0;
+    }
+  }
+
+  const std::string& matchkey() const { return matchkey_; }
+  void Close() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  void Request(const std::string& json) {
+    SendJson(fd_, json);
+    std::string reply = RecvString(fd_);
+    if (reply != std::to_string(kTrackerSuccess)) Fail("tracker refused " + json + ": " + reply);
+  }
+
+  Options opt_;
+  int port_;
+  int fd_ = -1;
+  int unmatched_ = 0;
+  std::string matchkey_;
+};
+
+// ---- sessions -------------------------------------------------------------------------
+
+// Handshake of one incoming connection; returns the session timeout (0 = none), or -1 to drop it.
+double Handshake(int conn, const std::string& expected_key, const std::string& server_key) {
+  if (RecvInt(conn) != kRPCMagic) return -1;
+  std::string key = RecvString(conn);
+  std::string first = key.substr(0, key.find(' '));
+  if (first != "client:" + expected_key) {
+    SendInt(conn, kCodeMismatch);
+    return -1;
+  }
+  SendInt(conn, kCodeSuccess);
+  SendInt(conn, int32_t(server_key.size()));
+  SendAll(conn, server_key.data(), server_key.size());
+  auto pos = key.find("-timeout=");
+  return pos == std::string::npos ? 0.0 : std::atof(key.c_str() + pos + 9);
+}
+
+void Serve(int conn, double timeout) {
+  char tmpl[] = "/tmp/parcnet_rpc_XXXXXX";
+  if (mkdtemp(tmpl) == nullptr) throw std::runtime_error("cannot create a session directory");
+  pid_t child = fork();
+  if (child == 0) {
+    g_workdir = tmpl;
+    if (chdir(tmpl) != 0) std::_Exit(1);
+    tvm::runtime::RPCServerLoop(conn);
+    std::_Exit(0);
+  }
+  close(conn);
+  auto start = std::chrono::steady_clock::now();
+  int status = 0;
+  while (waitpid(child, &status, WNOHANG) == 0) {
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (timeout > 0 && elapsed > timeout) {
+      Log("session timed out after " + std::to_string(int(timeout)) + " s, killing it");
+      kill(child, SIGKILL);
+      waitpid(child, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::system(("rm -rf " + std::string(tmpl)).c_str());
+  Log("session finished");
+}
+
+void RegisterServerFunctions() {
+  namespace refl = tvm::ffi::reflection;
+  refl::GlobalDef()
+      .def("tvm.rpc.server.workpath", [](tvm::ffi::String name) -> tvm::ffi::String {
+        return g_workdir + "/" + std::string(name);
+      })
+      .def("tvm.rpc.server.load_module", [](tvm::ffi::String name) -> tvm::ffi::Module {
+        std::string path = g_workdir + "/" + std::string(name);
+        Log("load_module " + path);
+        return tvm::ffi::Module::LoadFromFile(path);
+      });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt = ParseArgs(argc, argv);
+  signal(SIGPIPE, SIG_IGN);
+  RegisterServerFunctions();
+  int port = 0;
+  int listen_fd = Listen(opt, &port);
+  Tracker tracker(opt, port);
+  Log("listening on port " + std::to_string(port) +
+      (tracker.enabled() ? ", tracker " + opt.tracker_host + ":" + std::to_string(opt.tracker_port) +
+                               ", key " + opt.key
+                         : ""));
+  while (true) {
+    try {
+      if (tracker.enabled()) tracker.Register();
+      while (true) {
+        if (tracker.enabled()) {
+          fd_set fds;
+          FD_ZERO(&fds);
+          FD_SET(listen_fd, &fds);
+          timeval tv{kPingSeconds, 0};
+          if (select(listen_fd + 1, &fds, nullptr, nullptr, &tv) <= 0) {
+            tracker.Ping();
+            continue;
+          }
+        }
+        int conn = accept(listen_fd, nullptr, nullptr);
+        if (conn < 0) continue;
+        int one = 1;
+        setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        std::string expected = tracker.enabled() ? tracker.matchkey() : opt.key;
+        double timeout = Handshake(conn, expected, "server:" + opt.key);
+        if (timeout < 0) {
+          close(conn);
+          continue;
+        }
+        Log("session started");
+        Serve(conn, timeout);
+        if (tracker.enabled()) tracker.Put();  // a fresh key for the next client
+      }
+    } catch (const std::exception& err) {
+      Log(std::string("connection problem: ") + err.what() + "; starting over");
+      tracker.Close();
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  }
+}

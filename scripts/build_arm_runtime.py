@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Cross-build the TVM runtime, the board runner and the RPC server for ARM Cortex-A17.
+
+  python scripts/build_arm_runtime.py
+
+Needs cmake >= 3.26, ninja and Debian's arm-linux-gnueabihf toolchain (scripts/setup.sh
+installs them). The result is cached in build/arm-runtime/<key>/out; a rerun takes seconds.
+"""
+
+import argparse
+import time
+
+from parcnet_tvm.arm_bundle import build_runtime
+from parcnet_tvm.cli import run_main
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", help="cache directory (default build/arm-runtime)")
+    parser.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: all cores)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    out = build_runtime(args.cache, args.jobs)
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(out.iterdir()))
+    print(f"{out}: {sizes} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
