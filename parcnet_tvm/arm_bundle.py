@@ -232,7 +232,8 @@ Or serve directly: `./parcnet_rpc_server --port 9090` and `--rpc BOARD_IP:9090` 
 ## What the board needs
 32-bit ARMv7-A Linux with NEON/VFPv4, hard-float (armhf). The runtime was built with
 Debian 12's cross toolchain and needs glibc >= 2.34 and libstdc++ with GLIBCXX_3.4.30
-(Debian 12 / Ubuntu 22.04 armhf or newer); the model library itself needs glibc >= 2.27.
+(Debian 12 / Ubuntu 22.04 armhf or newer); the model library itself asks only for
+GLIBC_2.4 symbols.
 The programs find the libraries beside them (RPATH $ORIGIN).
 """
 
