@@ -162,11 +162,11 @@ def qemu_prefix(runtime: Path) -> list[str]:
     return [qemu, "-cpu", QEMU_CPU, "-L", SYSROOT, "-E", f"LD_LIBRARY_PATH={runtime}"]
 
 
-def run_runner(library, args: list[str], runtime: Path | None = None, timeout: float = 1800,
-               emulate: bool = True) -> subprocess.CompletedProcess:
-    """Run parcnet_runner on `library` with `args` (under qemu here)."""
+def run_runner(library, args: list[str], runtime: Path | None = None,
+               timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run parcnet_runner on `library` with `args` under qemu here."""
     runtime = runtime or runtime_dir()
-    cmd = (qemu_prefix(runtime) if emulate else []) + [str(runtime / "parcnet_runner"), str(library), *args]
+    cmd = qemu_prefix(runtime) + [str(runtime / "parcnet_runner"), str(library), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

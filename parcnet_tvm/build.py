@@ -16,7 +16,7 @@ from . import manifest as manifest_io
 from .checkpoint import load_checkpoint
 from .errors import ParcnetError
 from .frontend import import_model
-from .oversized import choose_algo
+from .oversized import check_algo
 from .rewrite import rewrite_oversized_convs
 from .tune import apply_database
 from .model import create_model, parse_input_size, variant_key
@@ -130,7 +130,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
     imported = time.perf_counter()
     log(f"[2/4] imported through {request.frontend} in {imported - started:.1f} s")
 
-    choose_algo(request.oversized_algo, 1, 1, 1)  # reject an unknown algorithm before compiling
+    check_algo(request.oversized_algo)  # before the compile, not in the middle of it
     executable = compile_relax(mod, named_target, request.custom_op, request.oversized_algo,
                                tvm_default=request.tvm_default, log=log)
     named_target.export_library(executable, output)

@@ -43,11 +43,15 @@ H_BLOCK, W_BLOCK = "oversized_h", "oversized_w"
 TOEPLITZ_MAX_BYTES = 4 << 20
 
 
-def choose_algo(algo: str, channels: int, height: int, width: int) -> str:
-    """Resolve 'auto' by the documented rule above; validate forced choices."""
+def check_algo(algo: str) -> str:
     if algo not in ALGOS:
         raise ParcnetError(f"unknown oversized algorithm {algo!r}: choose one of {', '.join(ALGOS)}")
-    if algo != "auto":
+    return algo
+
+
+def choose_algo(algo: str, channels: int, height: int, width: int) -> str:
+    """Resolve 'auto' by the documented rule above; validate forced choices."""
+    if check_algo(algo) != "auto":
         return algo
     toeplitz_bytes = 4 * channels * (height * height + width * width)
     return "toeplitz" if toeplitz_bytes <= TOEPLITZ_MAX_BYTES else "direct"

@@ -16,6 +16,7 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from .oversized import choose_algo, oversized_conv, weight_constants
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves our op alone, so its schedule stays ours
+PRIMFUNC_PREFIX = "oversized_conv_"  # names of our op's PrimFuncs
 
 
 def _pattern():
@@ -80,7 +81,7 @@ def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: st
         x = te.placeholder(shape, "float32", name="x")
         taps = [te.placeholder(c.shape, "float32", name=f"taps{i}") for i, c in enumerate(constants)]
         out = oversized_conv(x, *taps, algo=chosen, passes="hw")
-        name = f"oversized_conv_{chosen}_c{channels}_h{height}_w{width}_n{batch}"
+        name = f"{PRIMFUNC_PREFIX}{chosen}_c{channels}_h{height}_w{width}_n{batch}"
         func = te.create_prim_func([x, *taps, out]).with_attrs({"op_pattern": OPAQUE, "global_symbol": name})
         if name not in gvars:  # identical shapes share one PrimFunc (and one tuning task)
             gvars[name] = builder.add_func(func, name)
@@ -103,7 +104,7 @@ def count_oversized_convs(mod: tvm.IRModule, func_name: str = "main") -> int:
     def visit(expr):
         nonlocal count
         if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.call_tir"):
-            if expr.args[0].name_hint.startswith("oversized_conv_"):
+            if expr.args[0].name_hint.startswith(PRIMFUNC_PREFIX):
                 count += 1
 
     relax.analysis.post_order_visit(mod[func_name], visit)

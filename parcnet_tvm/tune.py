@@ -16,9 +16,9 @@ from tvm.s_tir import meta_schedule as ms
 import schedules  # noqa: F401  (registers the MetaSchedule rules)
 
 from .errors import ParcnetError
+from .rewrite import PRIMFUNC_PREFIX
 from .targets import NamedTarget
 
-OVERSIZED_PREFIX = "oversized_conv_"
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 
@@ -36,7 +36,7 @@ def open_database(work_dir, create: bool = False) -> ms.database.JSONDatabase:
 def oversized_prim_funcs(mod: tvm.IRModule) -> tvm.IRModule:
     """The module's oversized-op PrimFuncs alone (one tuning task each)."""
     return tvm.IRModule({gv: func for gv, func in mod.functions_items()
-                         if gv.name_hint.startswith(OVERSIZED_PREFIX)})
+                         if gv.name_hint.startswith(PRIMFUNC_PREFIX)})
 
 
 def tune_oversized_ops(mod: tvm.IRModule, named_target: NamedTarget, work_dir, trials: int,
