@@ -14,11 +14,12 @@ from schedules import apply_hand_schedules
 
 from . import manifest as manifest_io
 from .checkpoint import load_checkpoint
+from .fast_math import legalize_map
 from .errors import ParcnetError
 from .frontend import import_model
 from .oversized import check_algo
 from .rewrite import rewrite_oversized_convs
-from .tune import apply_database
+from .tuning_log import apply_database, database_summary
 from .model import create_model, parse_input_size, variant_key
 from .targets import NamedTarget, get_target
 from .verify import raise_on_failure, verify_against
@@ -41,6 +42,8 @@ class BuildRequest:
     custom_op: bool = True        # our oversized-conv op; False keeps TVM's conv2d for it
     oversized_algo: str = "auto"  # auto | direct | toeplitz
     tvm_default: bool = False     # TVM's default build of everything: the untuned baseline
+    tuning_log: object = None     # a tuning log dir (or a list of them) to apply
+    exact_math: bool = False      # keep libm erf in GELU instead of the fast polynomial
 
     def output_path(self) -> Path:
         if self.output:
@@ -70,34 +73,52 @@ def model_from_manifest(manifest: dict) -> torch.nn.Module:
     return prepare_model(manifest["model"], manifest["input_size"], checkpoint)
 
 
-def prepare_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,
-                  oversized_algo: str = "auto", tuning_log=None, tvm_default: bool = False,
-                  log=None) -> tvm.IRModule:
-    """Our pipeline before TVM's lowering, as named passes:
-
-    1. rewrite each oversized conv pair into our op (unless custom_op=False);
-    2. legalize and fuse (what MetaSchedule extracts its tasks from);
-    3. apply the tuning database's best schedules where it has records;
-    4. schedule the rest by hand: our op's rule, then the CPU fallback.
-
-    tvm_default=True skips all of it: TVM's own default build, the untuned baseline.
-    """
-    if tvm_default:
-        return mod
+def fused_module(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,
+                 oversized_algo: str = "auto", exact_math: bool = False, log=None) -> tvm.IRModule:
+    """Steps 1-2 of `prepare_relax`: the module MetaSchedule extracts its tasks from."""
     if custom_op:
         mod, replaced, algos = rewrite_oversized_convs(mod, oversized_algo)
         if log:
             used = ", ".join(f"{algos.count(a)} {a}" for a in sorted(set(algos)))
             log(f"      replaced {replaced} oversized conv pairs with our op ({used or 'none'})")
-    mod = legalize_and_fuse(mod)
+    # Weight-only subexpressions (the Linear weights' transposes) are computed once, here,
+    # not on every call. (Before the BGU exported as one GEMM this copied each weight per
+    # image row and multiplied the constants 5x; it no longer grows them: size is tested.)
+    mod = relax.transform.FoldConstant()(mod)
+    return legalize_and_fuse(mod, named_target, exact_math)
+
+
+def prepare_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,
+                  oversized_algo: str = "auto", tuning_log=None, tvm_default: bool = False,
+                  exact_math: bool = False, log=None, stats: dict | None = None) -> tvm.IRModule:
+    """Our pipeline before TVM's lowering, as named passes:
+
+    1. rewrite each oversized conv pair into our op (unless custom_op=False);
+    2. legalize (GELU through a fast erf on CPUs unless exact_math) and fuse: the module
+       MetaSchedule extracts its tasks from;
+    3. apply the tuning database(s) `tuning_log` (one dir or a list) where they have records;
+    4. schedule the rest by hand: our op's rule, then the CPU fallback.
+
+    tvm_default=True skips all of it: TVM's own default build, the untuned baseline.
+    `stats`, if given, receives how many PrimFuncs came from the database vs our fallbacks.
+    """
+    if tvm_default:
+        return mod
+    mod = fused_module(mod, named_target, custom_op, oversized_algo, exact_math, log)
     if tuning_log:
-        mod = apply_database(mod, named_target, tuning_log)
+        mod = apply_database(mod, named_target, tuning_log, log=log or print)
+    if stats is not None:
+        funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        tuned = sum(1 for f in funcs if f.attrs is not None and f.attrs.get("tirx.is_scheduled", False))
+        stats.update(primfuncs=len(funcs), from_database=tuned, fallback=len(funcs) - tuned)
     return apply_hand_schedules(mod, named_target.target)
 
 
-def legalize_and_fuse(mod: tvm.IRModule) -> tvm.IRModule:
+def legalize_and_fuse(mod: tvm.IRModule, named_target: NamedTarget | None = None,
+                      exact_math: bool = False) -> tvm.IRModule:
+    kind = named_target.target.kind.name if named_target else "llvm"
     return tvm.transform.Sequential([
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(customize_legalize_map=legalize_map(kind, exact_math)),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
@@ -105,9 +126,11 @@ def legalize_and_fuse(mod: tvm.IRModule) -> tvm.IRModule:
 
 
 def compile_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,
-                  oversized_algo: str = "auto", tuning_log=None, tvm_default: bool = False, log=None):
+                  oversized_algo: str = "auto", tuning_log=None, tvm_default: bool = False,
+                  exact_math: bool = False, log=None, stats: dict | None = None):
     """Compile for the target through `prepare_relax`, then TVM's lowering and code generation."""
-    mod = prepare_relax(mod, named_target, custom_op, oversized_algo, tuning_log, tvm_default, log)
+    mod = prepare_relax(mod, named_target, custom_op, oversized_algo, tuning_log, tvm_default,
+                        exact_math, log, stats)
     return tvm.compile(mod, target=named_target.target)
 
 
@@ -131,8 +154,17 @@ def build_library(request: BuildRequest, log=print) -> dict:
     log(f"[2/4] imported through {request.frontend} in {imported - started:.1f} s")
 
     check_algo(request.oversized_algo)  # before the compile, not in the middle of it
+    tuning_logs = [request.tuning_log] if isinstance(request.tuning_log, (str, Path)) \
+        else list(request.tuning_log or [])
+    if tuning_logs and request.tvm_default:
+        raise ParcnetError("a tuning log applies to our pipeline, not to --tvm-default-schedules")
+    stats: dict = {}
     executable = compile_relax(mod, named_target, request.custom_op, request.oversized_algo,
-                               tvm_default=request.tvm_default, log=log)
+                               tuning_log=tuning_logs, tvm_default=request.tvm_default,
+                               exact_math=request.exact_math, log=log, stats=stats)
+    if tuning_logs:
+        log(f"      tuning log: {stats['from_database']} of {stats['primfuncs']} kernels from the database, "
+            f"{stats['fallback']} from our hand/fallback schedules")
     named_target.export_library(executable, output)
     compiled = time.perf_counter()
     log(f"[3/4] compiled and exported {output} in {compiled - imported:.1f} s")
@@ -148,7 +180,13 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "target": named_target.as_dict(),
         "target_description": named_target.description,
         "tvm_version": tvm.__version__,
-        "tuning_database": None,
+        "tuning_database": None if not tuning_logs else {
+            "logs": [database_summary(d) for d in tuning_logs],
+            "kernels_from_database": stats["from_database"],
+            "kernels_fallback": stats["fallback"],
+        },
+        "math": "exact" if request.exact_math or request.tvm_default or named_target.name == "cuda"
+                else "fast-erf GELU",
         "schedules": "tvm-default" if request.tvm_default else "ours",
         "oversized_op": {"custom_op": request.custom_op and not request.tvm_default,
                          "algo": request.oversized_algo},

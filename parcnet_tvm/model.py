@@ -191,7 +191,10 @@ class BGU(nn.Module):
         self.fc2 = nn.Linear(hidden // 2, dim, bias=False)
 
     def forward(self, x):
-        x1, x2 = self.fc1(x).split(self.half, -1)  # == chunk(2), see ParCV2
+        # contiguous(): on the permuted (channels-last view) input, torch.export lowers Linear
+        # to a batched matmul over a weight copied per image row (expand + bmm), which TVM
+        # runs as a weight copy on every call; contiguous tokens export as one 2-D GEMM.
+        x1, x2 = self.fc1(x.contiguous()).split(self.half, -1)  # == chunk(2), see ParCV2
         return self.fc2(x1 * self.act(x2))
 
 

@@ -15,7 +15,7 @@ $SUDO apt-get install -y -q --no-install-recommends \
     ninja-build qemu-user libstb-dev
 
 echo "== python packages (apache-tvm 0.27 + ffi 0.1.14, torch 2.13 CPU, ...)"
-python3 -m pip install -q -e ".[test,arm]"
+python3 -m pip install -q -e ".[test,arm,bench]"
 python3 -c "import tvm, torch, parcnet_tvm; print('tvm', tvm.__version__, '| torch', torch.__version__)"
 
 echo "== ARM Cortex-A17 runtime, runner and RPC server (cross-built from the installed wheels)"

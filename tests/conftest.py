@@ -1,5 +1,6 @@
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,12 @@ needs_arm_toolchain = pytest.mark.skipif(
     shutil.which("arm-linux-gnueabihf-g++") is None and not os.environ.get("CI"),
     reason="arm-linux-gnueabihf-g++ not installed (apt-get install g++-arm-linux-gnueabihf)",
 )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_script(name, *args, cwd=None, env=None):

@@ -1,6 +1,5 @@
 """The ARM bundle on the emulated board: runtime, runner, verification under qemu, RPC."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from parcnet_tvm import arm_bundle
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.verify import reference_input
 
-from conftest import SMALL, needs_arm_toolchain, run_script
+from conftest import SMALL, free_port, needs_arm_toolchain, run_script
 
 pytestmark = needs_arm_toolchain
 
@@ -98,23 +97,17 @@ def test_emulated_libraries_are_never_timed(xt_arm):
         compare_with_pytorch(library, manifest)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_rpc_server_under_qemu_through_tracker(xt_arm, runtime):
     import tvm
     from tvm import rpc
     from tvm.runtime import vm as tvm_vm
 
     library, manifest = xt_arm
-    tracker_port = _free_port()
+    tracker_port = free_port()
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                 "--port", str(tracker_port), "--port-end", str(tracker_port + 1)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = arm_bundle.start_rpc_server(port=_free_port(), tracker=f"127.0.0.1:{tracker_port}", key="qemu-board")
+    server = arm_bundle.start_rpc_server(port=free_port(), tracker=f"127.0.0.1:{tracker_port}", key="qemu-board")
     try:
         deadline = time.time() + 120
         while True:

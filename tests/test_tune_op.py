@@ -9,7 +9,8 @@ from parcnet_tvm.bench_op import conv_pair_module
 from parcnet_tvm.build import compile_relax
 from parcnet_tvm.rewrite import rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
-from parcnet_tvm.tune import RECORD_FILE, tune_oversized_ops
+from parcnet_tvm.tune import tune_oversized_ops
+from parcnet_tvm.tuning_log import RECORD_FILE
 from parcnet_tvm.verify import load_vm
 
 from conftest import run_script

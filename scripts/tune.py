@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Tune ParCNetV2 with MetaSchedule (XGBoost cost model) and build a tuned, verified library.
+
+  python scripts/tune.py --target x86 --model xt                  # tune here, <= 30 min by default
+  python scripts/tune.py --target arm --rpc-tracker HOST:9190 --rpc-key rk3288   # tune on a board
+  python scripts/tune.py --target arm                             # no board: hand schedules, verified under qemu
+
+The log (MetaSchedule's JSON database) goes to tuning_logs/<model>-<target>-<size>/: rerun the
+same command to continue a stopped run; --warm-start reuses other logs read-only.
+"""
+
+import argparse
+import functools
+import sys
+
+from parcnet_tvm.cli import run_main
+from parcnet_tvm.model import VARIANTS
+from parcnet_tvm.targets import TARGET_NAMES
+from parcnet_tvm.tune import TuneRequest, tune_model
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="x86", help=f"one of {', '.join(TARGET_NAMES)} (default x86)")
+    parser.add_argument("--model", default="t", help=f"variant: {', '.join(VARIANTS)} (default t)")
+    parser.add_argument("--input-size", default="224", help="224, or HxW such as 224x320; multiples of 32")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--checkpoint", help="official/timm-style state dict (.pth); random weights if omitted")
+    budget = parser.add_argument_group("budget (defaults: 8 trials per task per round, 4 rounds, 30 min cap)")
+    budget.add_argument("--trials", type=int, help="total trials (default 32 x number of tasks)")
+    budget.add_argument("--trials-per-task", type=int, help="most trials for one task (default 64)")
+    budget.add_argument("--trials-per-iter", type=int, help="candidates per task per round (default 8)")
+    budget.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="stop tuning after this long (default 30 when --trials is not given)")
+    budget.add_argument("--only", nargs="+", default=(), metavar="NAME",
+                        help="tune only tasks whose name contains one of these (e.g. oversized_conv)")
+    parser.add_argument("--work-dir", help="tuning log folder (default tuning_logs/<model>-<target>-<size>)")
+    parser.add_argument("--warm-start", nargs="+", default=(), metavar="DIR",
+                        help="other tuning logs to reuse (read-only): their tasks are not tuned again")
+    board = parser.add_argument_group("ARM board")
+    board.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the board registered with")
+    board.add_argument("--rpc-key", help="the board's key at the tracker")
+    board.add_argument("--rpc", metavar="HOST:PORT", help="the board's RPC server, without a tracker")
+    board.add_argument("--emulate", action="store_true",
+                       help="tune against the emulated board (qemu): a pipeline check, times are not latency")
+    parser.add_argument("--exact-math", action="store_true", help="exact erf in GELU (default: fast polynomial)")
+    parser.add_argument("--cuda-arch", help="CUDA arch when no GPU is visible (default sm_90)")
+    parser.add_argument("--mcpu", help="override the detected x86 CPU name (LLVM -mcpu)")
+    parser.add_argument("--compare", type=int, default=5, metavar="N",
+                        help="time untuned, tuned and PyTorch eager N times each (0: skip)")
+    parser.add_argument("--seed", type=int, help="random seed of the search")
+    parser.add_argument("-o", "--output", help="library path (default build/parcnetv2_<model>-<target>-<size>.so)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    request = TuneRequest(
+        model=args.model, target=args.target, input_size=args.input_size, batch=args.batch,
+        checkpoint=args.checkpoint, trials=args.trials, trials_per_task=args.trials_per_task,
+        trials_per_iter=args.trials_per_iter, time_budget=args.time_budget, work_dir=args.work_dir,
+        warm_start=tuple(args.warm_start), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc=args.rpc,
+        emulate=args.emulate, output=args.output, only=tuple(args.only), mcpu=args.mcpu,
+        cuda_arch=args.cuda_arch, exact_math=args.exact_math, compare=args.compare, seed=args.seed,
+    )
+    try:
+        tune_model(request, log=functools.partial(print, flush=True))  # progress shows up in logs at once
+    except KeyboardInterrupt:
+        print("interrupted: every trial measured so far is in the tuning log; rerun the same command "
+              "to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

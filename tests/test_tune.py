@@ -1,0 +1,308 @@
+"""scripts/tune.py and the tuning stage: tiny real tuning runs on XT at 64x64 (our op's tasks)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from parcnet_tvm import manifest as manifest_io
+from parcnet_tvm.targets import local_cuda_arch
+from parcnet_tvm.tune import TuneBudget, extract_tasks, local_measurement, rpc_measurement, tune_fused_module
+from parcnet_tvm.tuning_log import RECORD_FILE, WORKLOAD_FILE, open_database, record_counts
+
+from conftest import ROOT, SMALL, needs_arm_toolchain, run_script
+
+ONLY = ("oversized_conv",)  # XT at 64 has 4 such tasks (one per stage): cheap to tune
+
+
+def record_lines(work_dir):
+    path = work_dir / RECORD_FILE
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+@pytest.fixture(scope="module")
+def fused_xt():
+    """XT at 64x64 rewritten, legalized and fused for x86: (module, named target)."""
+    from parcnet_tvm.build import fused_module, prepare_model
+    from parcnet_tvm.frontend import import_model
+    from parcnet_tvm.targets import get_target
+
+    named = get_target("x86")
+    model = prepare_model("xt", SMALL)
+    return fused_module(import_model(model, (1, 3, SMALL, SMALL), "torch"), named), named
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """scripts/tune.py end to end: a few trials of our op's tasks, then build + verify."""
+    out = tmp_path_factory.mktemp("tiny")
+    done = run_script("tune.py", "--target", "x86", "--model", "xt", "--input-size", SMALL,
+                      "--only", *ONLY, "--trials", 8, "--trials-per-iter", 2, "--compare", 2,
+                      "--work-dir", out / "log", "-o", out / "xt.so")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, done
+
+
+def test_tiny_tuning_run_builds_a_verified_tuned_library(tiny_run):
+    out, done = tiny_run
+    lines = record_lines(out / "log")
+    # 8 trials asked; the budget is checked before each batch of 2, and a tiny task may offer 1
+    assert 4 <= len(lines) <= 9 and all(json.loads(line) for line in lines)
+    assert "[tune] tasks measured" in done.stdout and "ETA" in done.stdout
+    manifest = manifest_io.read(out / "xt.so")
+    assert manifest["verification"]["status"] == "passed"
+    assert manifest["verification"]["max_abs_error"] <= 1e-4
+    database = manifest["tuning_database"]
+    assert database["kernels_from_database"] >= 1 and database["kernels_fallback"] >= 1
+    assert database["logs"][0]["records"] == len(lines)
+    # the table: untuned, ours, tuned and PyTorch measured side by side
+    for backend in ("pytorch-eager", "tvm-tuned", "tvm-ours", "tvm-untuned"):
+        assert f"| {backend} |" in done.stdout
+
+
+def test_rerun_continues_and_never_repeats_recorded_trials(tiny_run, fused_xt, tmp_path):
+    fused, named = fused_xt
+    work = tmp_path / "log"
+    shutil.copytree(tiny_run[0] / "log", work)
+    before = len(record_lines(work))
+    again = tune_fused_module(fused, named, work, TuneBudget(8, 64, 2), local_measurement(named), only=ONLY,
+                              log=lambda *_: None)
+    assert again.stopped == "nothing to do" and again.trials_new == 0
+    assert len(record_lines(work)) == before
+    more = tune_fused_module(fused, named, work, TuneBudget(12, 64, 2), local_measurement(named), only=ONLY,
+                             log=lambda *_: None)
+    assert more.trials_before == before and 0 < more.trials_new <= 5  # 4 asked, batches of <= 2
+    assert len(record_lines(work)) == before + more.trials_new
+
+
+def test_killed_run_keeps_every_committed_record(fused_xt, tmp_path):
+    work = tmp_path / "log"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "tune.py"), "--target", "x86", "--model", "xt",
+         "--input-size", str(SMALL), "--only", *ONLY, "--trials", "200", "--trials-per-iter", "2",
+         "--work-dir", str(work), "--compare", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while len(record_lines(work)) < 4:
+            assert process.poll() is None, "tune.py ended before it was killed"
+            assert time.time() < deadline, "no records after 300 s"
+            time.sleep(0.5)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # tune.py and its build/measure workers
+        process.wait()
+    kept = record_lines(work)
+    valid = [line for line in kept if _is_json(line)]
+    assert len(valid) >= 4 and len(valid) >= len(kept) - 1  # at most a half-written last line
+    fused, named = fused_xt
+    resumed = tune_fused_module(fused, named, work, TuneBudget(len(valid) + 2, 64, 2), local_measurement(named),
+                                only=ONLY, log=lambda *_: None)
+    assert resumed.trials_before == len(valid) and resumed.trials_new <= 3
+
+
+def _is_json(line):
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
+
+
+def test_corrupt_and_truncated_lines_are_reported_and_set_aside(tiny_run, tmp_path):
+    work = tmp_path / "log"
+    shutil.copytree(tiny_run[0] / "log", work)
+    records = record_lines(work)
+    workloads = (work / WORKLOAD_FILE).read_text().splitlines()
+    # a garbage line in the middle, a half-written record at the end (no newline), and the
+    # first workload corrupt: its records go too, and the others are renumbered
+    (work / WORKLOAD_FILE).write_text("".join(w + "\n" for w in ["{not json"] + workloads[1:]))
+    damaged = records[:3] + ["garbage ]]"] + records[3:] + [records[0][: len(records[0]) // 2]]
+    (work / RECORD_FILE).write_text("\n".join(damaged))
+    messages = []
+    database = open_database(work, log=messages.append)
+    text = "\n".join(messages)
+    assert f"{work / WORKLOAD_FILE}:1:" in text
+    assert f"{work / RECORD_FILE}:4: not a tuning record" in text
+    assert f"{work / RECORD_FILE}:{len(damaged)}: not a tuning record" in text
+    on_first = sum(1 for r in records if json.loads(r)[0] == 0)
+    assert len(database.get_all_tuning_records()) == len(records) - on_first
+    rejected = (work / (RECORD_FILE + ".rejected")).read_text().splitlines()
+    assert "garbage ]]" in rejected and len(rejected) == 2 + on_first
+    assert (work / (WORKLOAD_FILE + ".rejected")).read_text() == "{not json\n"
+    # valid JSON that MetaSchedule cannot load (a trace naming a block the workload lacks)
+    lines = record_lines(work)
+    (work / RECORD_FILE).write_text("".join(line + "\n" for line in lines[:-1])
+                                    + lines[-1].replace('"main"]', '"no_such_func"]') + "\n")
+    messages.clear()
+    database = open_database(work, log=messages.append)
+    assert f"{work / RECORD_FILE}:{len(lines)}: MetaSchedule cannot load this record" in "\n".join(messages)
+    assert len(database.get_all_tuning_records()) == len(lines) - 1
+    text = "\n".join(messages)
+    # the repaired files stay valid for appends: a second open reports nothing
+    assert open_database(work, log=messages.append) and len(messages) == len(text.splitlines())
+
+
+def test_build_script_applies_an_existing_log(tiny_run, tmp_path):
+    out = tmp_path / "xt.so"
+    done = run_script("build.py", "--model", "xt", "--input-size", SMALL, "--tuning-log", tiny_run[0] / "log",
+                      "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert "kernels from the database" in done.stdout
+    manifest = manifest_io.read(out)
+    assert manifest["tuning_database"]["kernels_from_database"] >= 1
+    assert manifest["verification"]["status"] == "passed"
+
+
+def test_warm_start_reuses_tuned_tasks_without_new_trials(tiny_run, fused_xt, tmp_path):
+    fused, named = fused_xt
+    source = tiny_run[0] / "log"
+    tuned_there = sum(1 for n in record_counts(open_database(source), extract_tasks(fused, named, ONLY)) if n)
+    summary = tune_fused_module(fused, named, tmp_path / "log", TuneBudget(8, 64, 2), local_measurement(named),
+                                warm_start=[source], only=ONLY, log=lambda *_: None)
+    assert summary.from_warm_start == tuned_there >= 2
+    assert summary.trials_new <= 2 * (summary.tasks - tuned_there)  # only untuned tasks cost trials
+    assert len(record_lines(tmp_path / "log")) >= summary.records_copied > 0
+
+
+def test_s_warm_started_from_t_needs_no_trials_and_its_library_verifies(tmp_path):
+    """T's records name T's blocks: copied to S's log they must keep T's workload, or
+    MetaSchedule cannot load them (found on the way: S after T at 224)."""
+    from parcnet_tvm.build import BuildRequest, build_library, fused_module, prepare_model
+    from parcnet_tvm.frontend import import_model
+    from parcnet_tvm.targets import get_target
+
+    named = get_target("x86")
+    only = ("fused_mean",)  # the norms' reductions: legalized blocks named after graph vars
+    def fused(name):
+        return fused_module(import_model(prepare_model(name, SMALL), (1, 3, SMALL, SMALL), "torch"), named)
+    t_log, s_log = tmp_path / "t", tmp_path / "s"
+    tuned = tune_fused_module(fused("t"), named, t_log, TuneBudget(8, 2, 2), local_measurement(named),
+                              only=only, log=lambda *_: None)
+    assert tuned.trials_new >= tuned.tasks >= 2
+    warm = tune_fused_module(fused("s"), named, s_log, TuneBudget(8, 2, 2), local_measurement(named),
+                             warm_start=[t_log], only=only, log=lambda *_: None)
+    assert warm.trials_new == 0 and warm.from_warm_start == warm.tasks == tuned.tasks
+    manifest = build_library(BuildRequest(model="s", input_size=SMALL, tuning_log=[s_log],
+                                          output=str(tmp_path / "s.so")), log=lambda *_: None)
+    assert manifest["tuning_database"]["kernels_from_database"] >= warm.tasks
+    assert manifest["verification"]["status"] == "passed"
+
+
+def test_s_shares_every_task_shape_with_t():
+    """Why warm-starting S from T's log needs (almost) no new trials."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from parcnet_tvm.build import fused_module, prepare_model
+    from parcnet_tvm.frontend import import_model
+    from parcnet_tvm.targets import get_target
+
+    named = get_target("x86")
+    def tasks(name):
+        model = prepare_model(name, SMALL)
+        return extract_tasks(fused_module(import_model(model, (1, 3, SMALL, SMALL), "torch"), named), named)
+    seen = ms.database.MemoryDatabase()
+    for task in tasks("t"):
+        seen.commit_workload(task.dispatched[0])
+    s_tasks = tasks("s")
+    assert s_tasks and all(seen.has_workload(task.dispatched[0]) for task in s_tasks)
+
+
+@pytest.fixture
+def rpc_tracker_with_server():
+    """A Python RPC tracker and an x86 RPC server registered with it, on 127.0.0.1."""
+    from conftest import free_port
+
+    port = free_port()
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                                "--port", str(port), "--port-end", str(port + 1)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server_port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+                               "--port", str(server_port), "--port-end", str(server_port + 1),
+                               "--tracker", f"127.0.0.1:{port}", "--key", "test-board"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from parcnet_tvm.tune import _wait_for_server
+
+        _wait_for_server("127.0.0.1", port, "test-board")
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.kill()
+        tracker.kill()
+
+
+def test_rpc_runner_measures_on_a_server_through_the_tracker(fused_xt, rpc_tracker_with_server, tmp_path):
+    fused, named = fused_xt
+    measurement = rpc_measurement(named, tracker=rpc_tracker_with_server, key="test-board")
+    summary = tune_fused_module(fused, named, tmp_path, TuneBudget(2, 64, 2), measurement, only=ONLY,
+                                log=lambda *_: None)
+    assert summary.trials_new == 2 and summary.best_ms  # measured through RPC
+    records = open_database(tmp_path).get_all_tuning_records()
+    assert len(records) == 2 and any(r.run_secs for r in records)
+
+
+def test_board_that_vanishes_gives_failed_trials_and_a_message(fused_xt, tmp_path):
+    from conftest import free_port
+
+    fused, named = fused_xt
+    messages = []
+    measurement = rpc_measurement(named, direct=f"127.0.0.1:{free_port()}", session_timeout=5)  # nobody there
+    summary = tune_fused_module(fused, named, tmp_path, TuneBudget(2, 64, 2), measurement, only=ONLY,
+                                log=messages.append)
+    assert summary.trials_new == 2 and not summary.best_ms
+    assert any("failed to run" in m and "board unreachable" in m for m in messages)
+    assert len(record_lines(tmp_path)) == 2  # recorded as failed trials, never lost
+
+
+@needs_arm_toolchain
+def test_emulated_board_runs_the_whole_rpc_tuning_loop(tmp_path):
+    done = run_script("tune.py", "--target", "arm", "--emulate", "--model", "xt", "--input-size", SMALL,
+                      "--only", *ONLY, "--trials", 2, "--trials-per-iter", 2, "--work-dir", tmp_path / "log",
+                      "-o", tmp_path / "xt-arm.so")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "emulated board: times are not latency" in done.stdout
+    assert "est." not in done.stdout and "| tvm-tuned |" not in done.stdout  # no emulated latency anywhere
+    assert "latency: not measured here" in done.stdout
+    assert len(record_lines(tmp_path / "log")) == 2
+    manifest = manifest_io.read(tmp_path / "xt-arm.so")
+    assert manifest["verification"]["status"] == "passed" and manifest["tuning_database"]
+
+
+@needs_arm_toolchain
+def test_arm_without_a_board_builds_verifies_and_explains(tmp_path):
+    done = run_script("tune.py", "--target", "arm", "--model", "xt", "--input-size", SMALL,
+                      "--work-dir", tmp_path / "log", "-o", tmp_path / "xt-arm.so")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no board given, so nothing was tuned" in done.stdout and "--rpc-tracker" in done.stdout
+    assert not (tmp_path / "log").exists()  # nothing pretended
+    assert manifest_io.read(tmp_path / "xt-arm.so")["verification"]["status"] == "passed"
+
+
+@pytest.mark.skipif(local_cuda_arch() is not None, reason="a GPU is present")
+def test_cuda_without_gpu_says_so_and_foreign_logs_are_refused(tiny_run):
+    done = run_script("tune.py", "--target", "cuda", "--model", "xt", "--input-size", SMALL)
+    assert done.returncode == 2 and "no CUDA GPU is visible" in done.stderr
+    assert "--tuning-log" in done.stderr
+    done = run_script("build.py", "--target", "cuda", "--model", "xt", "--input-size", SMALL,
+                      "--tuning-log", tiny_run[0] / "log", "--no-verify")
+    assert done.returncode == 2 and "was tuned for kind=llvm" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "fpga"], "unknown target 'fpga'"),
+    (["--rpc-key", "k"], "--rpc-key needs --rpc-tracker"),
+    (["--rpc-tracker", "nohost"], "--rpc-tracker expects HOST:PORT"),
+    (["--emulate"], "--emulate runs the emulated ARM board"),
+    (["--warm-start", "/nonexistent/log"], "--warm-start /nonexistent/log: no such folder"),
+    (["--trials", "0"], "--trials must be >= 1"),
+    (["--input-size", "100"], "not divisible by 32"),
+])
+def test_bad_arguments_get_one_clear_error(args, message):
+    done = run_script("tune.py", "--model", "xt", "--compare", "0", *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
