@@ -3,7 +3,7 @@
 Each (model, batch, backend) is timed in a fresh worker process (`python -m parcnet_tvm.bench
 --worker ...`), one after the other, at the same thread count: warm-up, then the median and
 p90 of the repeats. A fresh process per backend is what makes the memory column honest:
-`peak_mem_mb` is the peak resident memory (getrusage's ru_maxrss) minus the resident memory
+`peak_mem_mb` is the peak resident memory (VmHWM in /proc/self/status) minus the resident memory
 the worker had after importing torch, TVM and ONNX Runtime and before creating the backend,
 i.e. what the backend itself added at its peak: weights, activations, workspaces, compiled code.
 
@@ -52,18 +52,22 @@ def missing_backend(backend: str) -> str | None:
 
 # ---------------------------------------------------------------- the worker (one backend)
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
 
-def _peak_rss_mb() -> float:
-    import resource
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+def _peak_rss_mb() -> float:
+    # VmHWM: this process's own resident high-water mark. (getrusage's ru_maxrss is not: a
+    # child inherits its parent's at fork, and the parent builds libraries of ~700 MB.)
+    return _status_mb("VmHWM")
 
 
 def worker(spec: dict) -> dict:
