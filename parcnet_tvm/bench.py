@@ -17,6 +17,7 @@ import json
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,6 @@ def _peak_rss_mb() -> float:
 
 def worker(spec: dict) -> dict:
     """Time one backend in this (fresh) process; returns the timing and memory figures."""
-    import numpy as np
     import torch
 
     from .build import prepare_model
@@ -120,13 +120,12 @@ def worker(spec: dict) -> dict:
         def run():
             return main(x_tvm)
     run()  # first call (compiles for torch.compile) is not timed
-    started = __import__("time").perf_counter()
+    started = time.perf_counter()
     run()
-    one = __import__("time").perf_counter() - started
+    one = time.perf_counter() - started
     repeat = max(2, min(spec["repeat"], int(spec["max_seconds"] / max(one, 1e-6))))
     timing = measure_ms(run, repeat=repeat, warmup=1)
-    return {**timing, "peak_mem_mb": round(_peak_rss_mb() - baseline, 1), "rss_before_mb": round(baseline, 1),
-            "numpy": np.__version__}
+    return {**timing, "peak_mem_mb": round(_peak_rss_mb() - baseline, 1), "rss_before_mb": round(baseline, 1)}
 
 
 # ---------------------------------------------------------------- the parent
@@ -264,8 +263,8 @@ def json_rows(rows: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], header: str, path) -> str | None:
-    """Bar chart of median latency per backend per (model, batch), log scale; None when
-    matplotlib is missing (the reason is returned by `plot_unavailable`)."""
+    """Bar chart of median latency per backend per (model, batch), log scale. Returns None,
+    or why no plot was made (matplotlib missing)."""
     try:
         import matplotlib
 
