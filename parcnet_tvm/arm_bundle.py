@@ -193,14 +193,15 @@ def why_not_emulated() -> str | None:
 
 def start_rpc_server(port: int | None = None, tracker: str | None = None, key: str | None = None,
                      runtime: Path | None = None) -> subprocess.Popen:
-    """Start the board's RPC server under qemu (the emulated board); the caller stops it."""
+    """Start the board's RPC server under qemu (the emulated board) in its own process group;
+    the caller stops it (board.stop)."""
     runtime = runtime or runtime_dir()
     cmd = qemu_prefix(runtime) + [str(runtime / "parcnet_rpc_server")]
     if port:
         cmd += ["--port", str(port)]
     if tracker:
         cmd += ["--tracker", tracker, "--key", key or "rk3288"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 BOARD_README = """# {name}: ParCNetV2 for ARM Cortex-A17 (RK3288), built by parcnet-tvm

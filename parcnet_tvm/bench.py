@@ -1,11 +1,19 @@
 """Benchmark stage: our libraries against PyTorch and the peers a user would pick, side by side.
 
-Each (model, batch, backend) is timed in a fresh worker process (`python -m parcnet_tvm.bench
---worker ...`), one after the other, at the same thread count: warm-up, then the median and
-p90 of the repeats. A fresh process per backend is what makes the memory column honest:
-`peak_mem_mb` is the peak resident memory (VmHWM in /proc/self/status) minus the resident memory
-the worker had after importing torch, TVM and ONNX Runtime and before creating the backend,
-i.e. what the backend itself added at its peak: weights, activations, workspaces, compiled code.
+x86 and CUDA: each (model, batch, backend) is timed in a fresh worker process (`python -m
+parcnet_tvm.bench --worker ...`), one after the other, at the same thread count: warm-up, then
+the median and p90 of the repeats (CUDA: each run ends with a device synchronisation). A fresh
+process per backend is what makes the memory column honest. `peak_mem_mb` on x86 is the peak
+resident memory (VmHWM in /proc/self/status) minus the resident memory the worker had after
+importing torch, TVM and ONNX Runtime and before creating the backend, i.e. what the backend
+itself added at its peak: weights, activations, workspaces, compiled code. On CUDA it is the
+GPU memory in use after the runs (cudaMemGetInfo) minus the same before the backend was made:
+PyTorch's caching allocator and TVM's pooled allocator both keep their peak allocations.
+
+ARM: the TVM libraries are uploaded to the board through RPC, their output is checked against
+PyTorch's (computed here), then they are timed there (`time_evaluator`, one call per sample).
+PyTorch does not run through RPC: `--pytorch-ms` adds a time the user measured on the board.
+The emulated board (qemu) checks correctness only; its times are never shown.
 
 TVM libraries are built (and verified against PyTorch, like every library of the pipeline)
 by the parent and cached under build/bench/; ONNX files likewise.
@@ -17,7 +25,6 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +32,11 @@ from .errors import ParcnetError
 
 BACKENDS = ("pytorch-eager", "torch-compile", "onnxruntime", "tvm-untuned", "tvm-ours", "tvm-tuned")
 TVM_BACKENDS = ("tvm-untuned", "tvm-ours", "tvm-tuned")
+DEFAULT_BACKENDS = {
+    "x86": BACKENDS,
+    "cuda": ("pytorch-eager", "torch-compile", "tvm-untuned", "tvm-ours", "tvm-tuned"),
+    "arm": ("pytorch-eager", "tvm-untuned", "tvm-ours", "tvm-tuned"),
+}
 BENCH_DIR = Path("build") / "bench"
 
 
@@ -36,9 +48,11 @@ class BenchCase:
     target: str = "x86"
 
 
-def missing_backend(backend: str) -> str | None:
-    """Why an optional backend cannot run here, or None."""
+def missing_backend(backend: str, target: str = "x86") -> str | None:
+    """Why an optional backend cannot run for this target here, or None."""
     if backend == "onnxruntime":
+        if target != "x86":
+            return "ONNX Runtime is compared on x86 (its CPU provider) only"
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -46,7 +60,14 @@ def missing_backend(backend: str) -> str | None:
     if backend == "torch-compile":
         import shutil
 
-        if shutil.which("g++") is None and shutil.which("gcc") is None:
+        if target == "arm":
+            return "torch.compile does not run through RPC; time it on the board yourself"
+        if target == "cuda":
+            try:
+                import triton  # noqa: F401
+            except ImportError:
+                return "torch.compile on CUDA needs triton (pip install triton)"
+        elif shutil.which("g++") is None and shutil.which("gcc") is None:
             return "torch.compile needs a C++ compiler (apt-get install g++)"
     return None
 
@@ -61,14 +82,11 @@ def _status_mb(field: str) -> float:
     return 0.0
 
 
-def _rss_mb() -> float:
-    return _status_mb("VmRSS")
+def _gpu_used_mb() -> float:
+    import torch
 
-
-def _peak_rss_mb() -> float:
-    # VmHWM: this process's own resident high-water mark. (getrusage's ru_maxrss is not: a
-    # child inherits its parent's at fork, and the parent builds libraries of ~700 MB.)
-    return _status_mb("VmHWM")
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**20
 
 
 def worker(spec: dict) -> dict:
@@ -83,18 +101,27 @@ def worker(spec: dict) -> dict:
     shape = (spec["batch"], 3, *spec["input_size"])
     x = reference_input(shape)
     backend = spec["backend"]
+    cuda = spec["target"] == "cuda"
     try:
         import onnxruntime  # noqa: F401  (imported before the baseline, like torch and TVM)
     except ImportError:
         pass
     import tvm
 
-    baseline = _rss_mb()
+    if cuda:  # both frameworks share the primary CUDA context: create it before the baseline
+        torch.zeros(1, device="cuda")
+        tvm.cuda(0).sync()
+    # VmHWM, not getrusage's ru_maxrss: a child inherits its parent's ru_maxrss at fork.
+    memory_now = _gpu_used_mb if cuda else (lambda: _status_mb("VmRSS"))
+    baseline = memory_now()
+    sync = None
     if backend in ("pytorch-eager", "torch-compile"):
         model = prepare_model(spec["model"], spec["input_size"])
+        x_torch = torch.from_numpy(x)
+        if cuda:
+            model, x_torch, sync = model.cuda(), x_torch.cuda(), torch.cuda.synchronize
         if backend == "torch-compile":
             model = torch.compile(model)
-        x_torch = torch.from_numpy(x)
 
         def run():
             with torch.no_grad():
@@ -113,19 +140,24 @@ def worker(spec: dict) -> dict:
     else:
         from .verify import load_vm
 
-        device = tvm.cpu(0)
+        device = tvm.cuda(0) if cuda else tvm.cpu(0)
         main = load_vm(spec["library"], device)["main"]
         x_tvm = tvm.runtime.tensor(x, device)
+        sync = device.sync if cuda else None
 
         def run():
             return main(x_tvm)
-    run()  # first call (compiles for torch.compile) is not timed
-    started = time.perf_counter()
-    run()
-    one = time.perf_counter() - started
-    repeat = max(2, min(spec["repeat"], int(spec["max_seconds"] / max(one, 1e-6))))
-    timing = measure_ms(run, repeat=repeat, warmup=1)
-    return {**timing, "peak_mem_mb": round(_peak_rss_mb() - baseline, 1), "rss_before_mb": round(baseline, 1)}
+    run()  # first call (compiles for torch.compile, allocates pools) is not timed
+    if sync:
+        sync()
+    # The second call is timed on its own to size the repeats; for slow backends it is one of them.
+    one = measure_ms(run, repeat=1, warmup=0, sync=sync)["samples_ms"]
+    repeat = max(2, min(spec["repeat"], int(spec["max_seconds"] * 1e3 / max(one[0], 1e-3))))
+    capped = repeat < spec["repeat"]
+    timing = measure_ms(run, repeat=repeat - 1 if capped else repeat, warmup=0 if capped else 1, sync=sync,
+                        first_samples=one if capped else ())
+    peak = (memory_now() if cuda else _status_mb("VmHWM")) - baseline
+    return {**timing, "peak_mem_mb": round(peak, 1), "before_mb": round(baseline, 1)}
 
 
 # ---------------------------------------------------------------- the parent
@@ -144,6 +176,8 @@ def prepare_library(case: BenchCase, backend: str, tuning_logs, log) -> Path:
     """The TVM library of `backend` for the case, built and verified once and then cached."""
     from . import manifest as manifest_io
     from .build import BuildRequest, build_library
+    from .targets import get_target
+    from .verify import verify_library
 
     height, width = case.input_size
     tag = {"tvm-untuned": "untuned", "tvm-ours": "ours", "tvm-tuned": "tuned"}[backend]
@@ -155,7 +189,11 @@ def prepare_library(case: BenchCase, backend: str, tuning_logs, log) -> Path:
         manifest = manifest_io.read(out)
         wanted = [str(Path(p).resolve()) for p in tuning_logs] if backend == "tvm-tuned" else []
         have = [entry["path"] for entry in (manifest.get("tuning_database") or {}).get("logs", [])]
-        if manifest["verification"]["status"] == "passed" and have == wanted:
+        status = manifest["verification"]["status"]
+        if have == wanted and status == "skipped" and get_target(case.target).why_not_runnable_here() is None:
+            verify_library(out)  # built where it could not run (a CUDA library without a GPU): check it now
+            return out
+        if have == wanted and status in ("passed", "skipped"):
             return out
     log(f"[bench] building {out.name}")
     build_library(request, log=lambda *_: None)
@@ -183,41 +221,83 @@ def default_tuning_logs(case: BenchCase) -> list[Path]:
     return [log_dir] if has_log(log_dir) else []
 
 
+@dataclass
+class Board:
+    """How bench reaches the ARM board: a session factory, and whether it is the emulated one
+    (then libraries are checked, never timed)."""
+
+    connect: object
+    where: str
+    emulated: bool = False
+
+
+def time_on_board(board: Board, library: Path, x, repeat: int) -> tuple:
+    """Upload `library`, run it once on `x` (output back here) and, on a real board, time
+    `repeat` calls; returns (output, timing dict or None)."""
+    import tvm
+    from tvm import relax
+
+    from .timing import summarize_ms
+
+    remote = board.connect()
+    remote.upload(str(library))
+    device = remote.cpu()
+    vm = relax.VirtualMachine(remote.load_module(library.name), device)
+    vm.set_input("main", tvm.runtime.tensor(x, device))
+    vm.invoke_stateful("main")
+    output = vm.get_outputs("main").numpy()
+    if board.emulated:
+        return output, None
+    # one call per sample, after the call above warmed up the board's memory pools
+    timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=repeat)
+    return output, summarize_ms([seconds * 1e3 for seconds in timer("main").results])
+
+
+def _new_row(case: BenchCase, backend: str) -> dict:
+    return {"model": f"parcnetv2_{case.model}", "target": case.target, "batch": case.batch,
+            "input_size": list(case.input_size), "backend": backend, "median_ms": None, "p90_ms": None,
+            "peak_mem_mb": None, "speedup_vs_pytorch": None}
+
+
+def _skip(row: dict, reason: str, log) -> dict:
+    row["skipped"] = reason
+    log(f"[bench] {row['model']} b{row['batch']} {row['backend']}: skipped ({reason})")
+    return row
+
+
 def bench_case(case: BenchCase, backends, repeat: int, threads: int, max_seconds: float, tuning_logs=None,
-               log=print) -> list[dict]:
-    """Rows for one (model, batch): every backend timed in turn, or marked skipped with why."""
+               log=print, board: Board | None = None, pytorch_ms: float | None = None) -> list[dict]:
+    """Rows for one (model, batch): every backend timed in turn, or marked skipped with why.
+    With `board` (ARM) the TVM libraries run there and `pytorch_ms` is the user's board time."""
     rows = []
     logs = list(tuning_logs) if tuning_logs else default_tuning_logs(case)
+    reference = _board_reference(case) if board else None
     for backend in backends:
-        row = {"model": f"parcnetv2_{case.model}", "target": case.target, "batch": case.batch,
-               "input_size": list(case.input_size), "backend": backend, "median_ms": None, "p90_ms": None,
-               "peak_mem_mb": None, "speedup_vs_pytorch": None}
-        reason = missing_backend(backend)
+        row = _new_row(case, backend)
+        reason = missing_backend(backend, case.target)
         if backend == "tvm-tuned" and not logs:
             reason = (f"no tuning log for {case.model} at this size and batch (tune it: scripts/tune.py "
-                      f"--model {case.model} --batch {case.batch}, or pass --tuning-log)")
+                      f"--target {case.target} --model {case.model} --batch {case.batch}, or pass --tuning-log)")
         if reason:
-            row["skipped"] = reason
-            log(f"[bench] {row['model']} b{case.batch} {backend}: skipped ({reason})")
-            rows.append(row)
+            rows.append(_skip(row, reason, log))
             continue
-        spec = {"backend": backend, "model": case.model, "batch": case.batch, "input_size": list(case.input_size),
-                "threads": threads, "repeat": repeat, "max_seconds": max_seconds}
         try:
-            if backend in TVM_BACKENDS:
-                spec["library"] = str(prepare_library(case, backend, logs, log))
-            if backend == "onnxruntime":
-                spec["onnx"] = str(prepare_onnx(case))
-            result = _run_worker(spec)
-        except ParcnetError as err:
-            row["skipped"] = str(err)
-            log(f"[bench] {row['model']} b{case.batch} {backend}: skipped ({err})")
-            rows.append(row)
+            library = prepare_library(case, backend, logs, log) if backend in TVM_BACKENDS else None
+            if board:
+                result = _bench_on_board(backend, library, board, reference, repeat, pytorch_ms)
+            else:
+                spec = {"backend": backend, "model": case.model, "batch": case.batch, "target": case.target,
+                        "input_size": list(case.input_size), "threads": threads, "repeat": repeat,
+                        "max_seconds": max_seconds, "library": str(library) if library else None}
+                if backend == "onnxruntime":
+                    spec["onnx"] = str(prepare_onnx(case))
+                result = _run_worker(spec)
+        except (ParcnetError, RuntimeError) as err:
+            rows.append(_skip(row, str(err), log))
             continue
-        row.update(median_ms=result["median_ms"], p90_ms=result["p90_ms"], peak_mem_mb=result["peak_mem_mb"],
-                   repeat=result["repeat"])
-        log(f"[bench] {row['model']} b{case.batch} {backend}: {row['median_ms']:.2f} ms "
-            f"(p90 {row['p90_ms']:.2f}, {row['repeat']} runs), peak +{row['peak_mem_mb']:.0f} MB")
+        row.update({k: result[k] for k in ("median_ms", "p90_ms", "peak_mem_mb", "repeat", "max_abs_error",
+                                           "source") if k in result})
+        log(f"[bench] {row['model']} b{case.batch} {backend}: " + _describe(row))
         rows.append(row)
     eager = next((r["median_ms"] for r in rows if r["backend"] == "pytorch-eager" and r["median_ms"]), None)
     for row in rows:
@@ -226,12 +306,59 @@ def bench_case(case: BenchCase, backends, repeat: int, threads: int, max_seconds
     return rows
 
 
-def machine_header(threads: int) -> str:
+def _describe(row: dict) -> str:
+    if row["median_ms"] is None:
+        return f"output matches PyTorch (max abs error {row['max_abs_error']:.1e}); emulated, not timed"
+    text = f"{row['median_ms']:.2f} ms"
+    if row.get("repeat"):
+        text += f" (p90 {row['p90_ms']:.2f}, {row['repeat']} runs)"
+    if row.get("peak_mem_mb") is not None:
+        text += f", peak +{row['peak_mem_mb']:.0f} MB"
+    return text + (f" [{row['source']}]" if row.get("source") else "")
+
+
+def _board_reference(case: BenchCase):
+    from .build import prepare_model
+    from .verify import pytorch_output, reference_input
+
+    x = reference_input((case.batch, 3, *case.input_size))
+    return x, pytorch_output(prepare_model(case.model, case.input_size), x)
+
+
+def _bench_on_board(backend: str, library, board: Board, reference, repeat: int, pytorch_ms) -> dict:
+    from .verify import compare
+
+    if backend == "pytorch-eager":
+        if board.emulated:
+            raise ParcnetError("nothing is timed on the emulated board")
+        if pytorch_ms is None:
+            raise ParcnetError("PyTorch does not run through RPC: time it on the board and pass --pytorch-ms")
+        return {"median_ms": pytorch_ms, "p90_ms": pytorch_ms, "source": "given with --pytorch-ms"}
+    x, expected = reference
+    output, timing = time_on_board(board, library, x, repeat)
+    check = compare(output, expected)
+    if check["status"] != "passed":
+        raise ParcnetError(f"output on the board differs from PyTorch: "
+                           f"{check.get('reason') or 'max abs error %.2e' % check['max_abs_error']}")
+    return {**(timing or {"median_ms": None, "p90_ms": None}), "max_abs_error": check["max_abs_error"]}
+
+
+def machine_header(threads: int, target: str = "x86", board: Board | None = None) -> str:
+    """Where the numbers were measured, and with which versions."""
     import torch
     import tvm
 
-    from .targets import cpu_model_name, host_cores
+    from .targets import cpu_model_name, get_target, host_cores
 
+    versions = f"torch {torch.__version__}, TVM {tvm.__version__}"
+    if target == "arm":
+        how = "emulated board (qemu-arm): correctness only, no latency" if board.emulated else \
+            "board reached through RPC, TVM runtime threads: the board's default"
+        return f"{get_target('arm').description}; {how} ({board.where}); host {cpu_model_name()}; {versions}"
+    if target == "cuda":
+        name = torch.cuda.get_device_name(0)
+        return (f"{name} ({get_target('cuda').as_dict()['arch']}), CUDA {torch.version.cuda}, cuDNN "
+                f"{torch.backends.cudnn.version()}; host {cpu_model_name()}, {threads} threads; {versions}")
     try:
         import onnxruntime
 
@@ -239,10 +366,22 @@ def machine_header(threads: int) -> str:
     except ImportError:
         ort = "not installed"
     return (f"{cpu_model_name()}, {host_cores()} cores, {threads} threads; {platform.system()} {platform.machine()}; "
-            f"torch {torch.__version__}, TVM {tvm.__version__}, onnxruntime {ort}")
+            f"{versions}, onnxruntime {ort}")
+
+
+def _cell(value, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
 
 
 def format_table(rows: list[dict], header: str) -> str:
+    if rows and all(r["median_ms"] is None for r in rows if not r.get("skipped")) and \
+            any("max_abs_error" in r for r in rows):  # the emulated board: correctness only
+        lines = [f"Machine: {header}", "", "| model | batch | backend | output vs PyTorch (max abs error) |",
+                 "|---|---|---|---|"]
+        for r in rows:
+            what = f"skipped: {r['skipped']}" if r.get("skipped") else f"matches ({r['max_abs_error']:.1e})"
+            lines.append(f"| {r['model']} | {r['batch']} | {r['backend']} | {what} |")
+        return "\n".join(lines)
     lines = [f"Machine: {header}", "",
              "| model | batch | backend | median ms | p90 ms | peak mem MB | speedup vs pytorch-eager |",
              "|---|---|---|---|---|---|---|"]
@@ -251,20 +390,24 @@ def format_table(rows: list[dict], header: str) -> str:
             lines.append(f"| {r['model']} | {r['batch']} | {r['backend']} | skipped: {r['skipped']} | | | |")
             continue
         speed = f"{r['speedup_vs_pytorch']:.2f}x" if r["speedup_vs_pytorch"] else ""
-        lines.append(f"| {r['model']} | {r['batch']} | {r['backend']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r['peak_mem_mb']:.0f} | {speed} |")
+        median = f"{r['median_ms']:.2f}" + (f" ({r['source']})" if r.get("source") else "")
+        lines.append(f"| {r['model']} | {r['batch']} | {r['backend']} | {median} | {_cell(r['p90_ms'], '.2f')} | "
+                     f"{_cell(r['peak_mem_mb'], '.0f')} | {speed} |")
     return "\n".join(lines)
 
 
 def json_rows(rows: list[dict]) -> list[dict]:
     keys = ("model", "target", "batch", "input_size", "backend", "median_ms", "p90_ms", "peak_mem_mb",
             "speedup_vs_pytorch")
-    return [{k: r[k] for k in keys} | ({"skipped": r["skipped"]} if r.get("skipped") else {}) for r in rows]
+    extra = ("skipped", "max_abs_error", "source")
+    return [{k: r[k] for k in keys} | {k: r[k] for k in extra if r.get(k) is not None} for r in rows]
 
 
 def plot(rows: list[dict], header: str, path) -> str | None:
     """Bar chart of median latency per backend per (model, batch), log scale. Returns None,
-    or why no plot was made (matplotlib missing)."""
+    or why no plot was made (matplotlib missing, nothing timed)."""
+    if not any(r["median_ms"] for r in rows):
+        return "no latency to plot (nothing was timed)"
     try:
         import matplotlib
 

@@ -176,6 +176,11 @@ def get_target(name: str, cuda_arch: str | None = None, mcpu: str | None = None,
         arch = cuda_arch or local_cuda_arch() or DEFAULT_CUDA_ARCH
         if not arch.startswith("sm_"):
             raise ParcnetError(f"CUDA arch {arch!r} should look like sm_90 (H100) or sm_86")
-        target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+        # The limits MetaSchedule's GPU rules read (a bare {"kind": "cuda"} has none of them):
+        # the same on every NVIDIA GPU since sm_50 (48 KiB is the static shared-memory limit).
+        target = tvm.target.Target({"kind": "cuda", "arch": arch, "max_threads_per_block": 1024,
+                                    "max_num_threads": 1024, "thread_warp_size": 32,
+                                    "max_shared_memory_per_block": 49152, "registers_per_block": 65536},
+                                   host={"kind": "llvm"})
         return NamedTarget("cuda", target, f"NVIDIA GPU, {arch}")
     raise ParcnetError(f"unknown target {name!r}: choose one of {', '.join(TARGET_NAMES)}")

@@ -18,6 +18,7 @@ What a user can rely on:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from tvm.s_tir.analysis import estimate_tir_flops
 
 import schedules  # noqa: F401  (registers our MetaSchedule rules)
 
+from . import board
 from .errors import ParcnetError
 from .rewrite import PRIMFUNC_PREFIX
 from .targets import ARM_CXX, NamedTarget, host_cores
@@ -152,23 +154,9 @@ def export_arm_artifact(mod) -> str:
     return path
 
 
-def connect_rpc(rpc_config: RPCConfig, direct: tuple[str, int] | None = None, attempts: int = 3):
-    """RPC session to the board, through the tracker or directly, retried a few times
-    (boards drop connections); the last failure is raised with what was tried."""
-    from tvm import rpc
-
-    error = None
-    for attempt in range(attempts):
-        try:
-            if direct:
-                return rpc.connect(direct[0], direct[1], session_timeout=rpc_config.session_timeout_sec)
-            return rpc_config.connect_server()
-        except Exception as exc:  # noqa: BLE001  (any failure: try again, then report it)
-            error = exc
-            time.sleep(0.5 * (attempt + 1))
-    where = f"{direct[0]}:{direct[1]}" if direct else \
-        f"tracker {rpc_config.tracker_host}:{rpc_config.tracker_port} key {rpc_config.tracker_key}"
-    raise RuntimeError(f"board unreachable through RPC ({where}) after {attempts} attempts: {error}")
+def _trial_session(rpc_config: RPCConfig, tracker=None, key=None, direct=None):
+    """RPCRunner's session factory (a picklable partial): board.connect with its retries."""
+    return board.connect(tracker, key, direct, session_timeout=rpc_config.session_timeout_sec)
 
 
 @dataclass
@@ -190,31 +178,18 @@ def local_measurement(named: NamedTarget) -> Measurement:
     return Measurement("local", PooledBuilder(host_cores()), SerialRunner(runner), f"this machine ({named.description})")
 
 
-def parse_host_port(text: str, flag: str) -> tuple[str, int]:
-    host, _, port = (text or "").rpartition(":")
-    if not host or not port.isdigit():
-        raise ParcnetError(f"{flag} expects HOST:PORT (got {text!r})")
-    return host, int(port)
-
-
 def rpc_measurement(named: NamedTarget, tracker: str | None = None, key: str | None = None,
                     direct: str | None = None, session_timeout: int = 60, emulated: bool = False) -> Measurement:
     """Builder and runner for a board reached through an RPC tracker (`tracker` + `key`) or
     directly (`direct` = HOST:PORT). ARM trials are cross-compiled to .so files."""
-    if direct:
-        host, port = parse_host_port(direct, "--rpc")
-        config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct",
-                           session_timeout_sec=session_timeout)
-        create = functools.partial(connect_rpc, direct=(host, port))
-        where = f"RPC server {direct}"
-    else:
-        if not key:
-            raise ParcnetError("--rpc-tracker needs --rpc-key (the key the board registered with)")
-        host, port = parse_host_port(tracker, "--rpc-tracker")
-        config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                           session_timeout_sec=session_timeout)
-        create = functools.partial(connect_rpc)
-        where = f"RPC tracker {tracker}, key {key}"
+    board.check_board_args(tracker, key, direct)
+    if not (direct or tracker):
+        raise ParcnetError("an RPC measurement needs --rpc HOST:PORT or --rpc-tracker HOST:PORT --rpc-key KEY")
+    host, port = board.parse_host_port(direct or tracker, "--rpc" if direct else "--rpc-tracker")
+    config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key or "direct",
+                       session_timeout_sec=session_timeout)
+    create = functools.partial(_trial_session, tracker=tracker, key=key, direct=direct)
+    where = f"RPC server {direct}" if direct else f"RPC tracker {tracker}, key {key}"
     evaluator = EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0) if emulated else \
         EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100)
     runner = RPCRunner(config, evaluator, f_create_session=create)
@@ -225,6 +200,12 @@ def rpc_measurement(named: NamedTarget, tracker: str | None = None, key: str | N
 
 
 # ---------------------------------------------------------------- progress
+
+def mean_run_seconds(result) -> float:
+    """A measured candidate's mean time (RunnerResult.run_secs holds FloatImm or float)."""
+    secs = [float(getattr(s, "value", s)) for s in result.run_secs]
+    return sum(secs) / len(secs)
+
 
 def _fmt_duration(seconds: float) -> str:
     seconds = int(seconds)
@@ -262,8 +243,7 @@ class TuningProgress(PyMeasureCallback):
                 self.run_errors += 1
                 failed.append(str(ran.error_msg))
             else:
-                secs = [float(getattr(s, "value", s)) for s in ran.run_secs]
-                ms_ = 1e3 * sum(secs) / len(secs)
+                ms_ = 1e3 * mean_run_seconds(ran)
                 self.best_ms[task_id] = min(self.best_ms.get(task_id, ms_), ms_)
         if failed and len(failed) == len(runner_results):
             lines = [line.strip() for line in failed[0].splitlines() if line.strip()]
@@ -332,8 +312,7 @@ class GradientScheduler(PyTaskScheduler):
         for result in results:
             self.used[i] += 1
             if result.error_msg is None and result.run_secs:
-                secs = [float(getattr(s, "value", s)) for s in result.run_secs]
-                self.best[i] = min(self.best[i], sum(secs) / len(secs))
+                self.best[i] = min(self.best[i], mean_run_seconds(result))
         self.history[i].append(self.best[i])
 
     def next_task_id(self) -> int:
@@ -400,11 +379,12 @@ class TuneSummary:
 
 def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget: TuneBudget,
                       measurement: Measurement, warm_start=(), only=None, seed: int | None = None,
-                      log=print) -> TuneSummary:
-    """Tune the fused module's tasks into the JSON database in `work_dir` (created or resumed)."""
+                      log=print, tasks=None) -> TuneSummary:
+    """Tune the fused module's tasks (`tasks`, if the caller extracted them already) into the JSON
+    database in `work_dir` (created or resumed)."""
     work_dir = Path(work_dir)
     database = open_database(work_dir, create=True, log=log)
-    tasks = extract_tasks(fused, named, only)
+    tasks = extract_tasks(fused, named, only) if tasks is None else tasks
     summary = TuneSummary(work_dir=str(work_dir), tasks=len(tasks))
 
     warm = set()
@@ -516,16 +496,7 @@ To tune on your board (RK3288 or any ARMv7-A NEON board):
 
 
 def _check_request(request: TuneRequest, named: NamedTarget) -> None:
-    if request.rpc and request.rpc_tracker:
-        raise ParcnetError("give either --rpc HOST:PORT or --rpc-tracker HOST:PORT --rpc-key KEY, not both")
-    if request.rpc_key and not request.rpc_tracker:
-        raise ParcnetError("--rpc-key needs --rpc-tracker HOST:PORT")
-    if request.rpc_tracker:
-        parse_host_port(request.rpc_tracker, "--rpc-tracker")
-        if not request.rpc_key:
-            raise ParcnetError("--rpc-tracker needs --rpc-key (the key the board registered with)")
-    if request.rpc:
-        parse_host_port(request.rpc, "--rpc")
+    board.check_board_args(request.rpc_tracker, request.rpc_key, request.rpc)
     for name in ("trials", "trials_per_task", "trials_per_iter"):
         if getattr(request, name) is not None and getattr(request, name) < 1:
             raise ParcnetError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(request, name)})")
@@ -576,12 +547,12 @@ def tune_model(request: TuneRequest, log=print) -> dict:
         fused = fused_module(mod, named, exact_math=request.exact_math, log=log)
         log(f"[tune] model {model.variant.name} {request.batch}x3x{input_size[0]}x{input_size[1]} imported "
             f"and fused in {time.perf_counter() - started:.1f} s")
-        n_tasks = len(extract_tasks(fused, named, request.only))
-        budget = default_budget(n_tasks, request.trials, request.trials_per_task, request.trials_per_iter,
+        tasks = extract_tasks(fused, named, request.only)
+        budget = default_budget(len(tasks), request.trials, request.trials_per_task, request.trials_per_iter,
                                 request.time_budget)
         with _measurement_for(request, named, log) as measurement:
             summary = tune_fused_module(fused, named, work_dir, budget, measurement, request.warm_start,
-                                        request.only, request.seed, log)
+                                        request.only, request.seed, log, tasks=tasks)
         log(f"[tune] {summary.trials_new} new trials in {summary.seconds / 60:.1f} min ({summary.stopped}); "
             f"log: {work_dir}")
 
@@ -604,73 +575,17 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     return result
 
 
-class _measurement_for:
-    """Context manager: the Measurement for the request, with the emulated board (tracker +
-    RPC server under qemu) started and stopped around it when --emulate is given."""
-
-    def __init__(self, request: TuneRequest, named: NamedTarget, log):
-        self.request, self.named, self.log = request, named, log
-        self.processes = []
-
-    def __enter__(self) -> Measurement:
-        request, named = self.request, self.named
-        if request.emulate:
-            return self._start_emulated_board()
-        if request.rpc or request.rpc_tracker:
-            return rpc_measurement(named, request.rpc_tracker, request.rpc_key, request.rpc)
-        return local_measurement(named)
-
-    def _start_emulated_board(self) -> Measurement:
-        import subprocess
-        import sys
-
-        from . import arm_bundle
-
-        reason = arm_bundle.why_not_emulated()
-        if reason:
-            raise ParcnetError(f"--emulate needs the emulated board: {reason}")
-        port = _free_port()
-        tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                                    "--port", str(port), "--port-end", str(port + 1)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.processes.append(tracker)
-        key = "emulated-cortex-a17"
-        self.processes.append(arm_bundle.start_rpc_server(port=_free_port(), tracker=f"127.0.0.1:{port}", key=key))
-        self.log(f"      emulated board: parcnet_rpc_server under qemu-arm, tracker 127.0.0.1:{port} "
-                 "(a pipeline check: its times are not latency)")
-        _wait_for_server("127.0.0.1", port, key)
-        return rpc_measurement(self.named, f"127.0.0.1:{port}", key, session_timeout=300, emulated=True)
-
-    def __exit__(self, *exc):
-        for process in reversed(self.processes):
-            process.kill()
-            process.wait()
-        return False
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_server(host: str, port: int, key: str, timeout: float = 180) -> None:
-    from tvm import rpc
-
-    deadline = time.time() + timeout
-    while True:
-        try:
-            summary = rpc.connect_tracker(host, port).summary()
-            if any(key in str(queue) for queue in summary.get("queue_info", {})):
-                return
-        except Exception:  # noqa: BLE001  (tracker still starting)
-            pass
-        if time.time() > deadline:
-            raise ParcnetError(f"no RPC server with key {key} registered with the tracker {host}:{port} "
-                              f"within {timeout:.0f} s")
-        time.sleep(1)
+@contextlib.contextmanager
+def _measurement_for(request: TuneRequest, named: NamedTarget, log):
+    """The Measurement for the request, with the emulated board started and stopped around it
+    when --emulate is given."""
+    if request.emulate:
+        with board.emulated_board(log) as tracker:
+            yield rpc_measurement(named, tracker, board.EMULATED_KEY, session_timeout=300, emulated=True)
+    elif request.rpc or request.rpc_tracker:
+        yield rpc_measurement(named, request.rpc_tracker, request.rpc_key, request.rpc)
+    else:
+        yield local_measurement(named)
 
 
 def compare_untuned_tuned_pytorch(build, manifest: dict, repeat: int, log) -> list[dict]:
@@ -709,6 +624,8 @@ def tune_oversized_ops(mod: tvm.IRModule, named_target: NamedTarget, work_dir, t
     if not len(funcs.functions_items()):
         raise ParcnetError("the module has no oversized-op PrimFuncs: rewrite it first")
     Path(work_dir).mkdir(parents=True, exist_ok=True)
+    measurement = local_measurement(named_target)  # pooled builds, one measurement at a time
     return ms.tune_tir(funcs, named_target.target, str(work_dir), max_trials_global=trials,
-                       num_trials_per_iter=trials_per_iter, cost_model="xgb", strategy="evolutionary",
+                       num_trials_per_iter=trials_per_iter, builder=measurement.builder,
+                       runner=measurement.runner, cost_model="xgb", strategy="evolutionary",
                        task_scheduler="gradient", database=open_database(work_dir, create=True))

@@ -60,5 +60,13 @@ class OversizedRule(ScheduleRule):
         return sch if self.schedule(sch, target, tunable) else None
 
     def apply_to(self, sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule]:
-        self.schedule(sch, target, tunable=True)
+        # MetaSchedule calls the rule once per annotated block; the first call schedules the
+        # whole op (and marks the root), later calls must leave it alone.
+        if not _root_marked(sch):
+            self.schedule(sch, target, tunable=True)
         return [sch]
+
+
+def _root_marked(sch: s_tir.Schedule) -> bool:
+    rule = sch.get(sch.get_sblock("root")).annotations.get("schedule_rule")
+    return rule is not None and str(rule) == "None"

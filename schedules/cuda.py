@@ -44,8 +44,8 @@ def _stage_in_shared(sch: s_tir.Schedule, block, at_loop, rows, width: int, skip
         sch.bind(sch.fuse(thread_rows, thread_cols), "threadIdx.x")
 
 
-def _one_output_per_thread(sch: s_tir.Schedule, block, rows_loop, cols_loop):
-    thread = sch.fuse(rows_loop, cols_loop)
+def _one_output_per_thread(sch: s_tir.Schedule, block, spatial_loops):
+    thread = sch.fuse(*spatial_loops) if len(spatial_loops) > 1 else spatial_loops[0]
     sch.bind(thread, "threadIdx.x")
     accumulator = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(accumulator, thread)
@@ -60,20 +60,26 @@ def schedule_cuda(sch: s_tir.Schedule, tunable: bool) -> bool:
     fused = h_block is not None and w_block is not None
     n, c, i, j, r = sch.get_loops(output)
     height, width = int(sch.get(i).extent), int(sch.get(j).extent)
-    rows = knob(sch, row_tile_candidates(height, width), default_row_tile(height, width), tunable)
+    # One-row tiles are left out of the search: compute_at drops the extent-1 loop, and a trace
+    # whose loop count depends on a sampled value cannot be replayed with another value.
+    candidates = [r for r in row_tile_candidates(height, width) if r > 1] or [1]
+    rows = knob(sch, candidates, default_row_tile(height, width), tunable)
     channel = sch.fuse(n, c)
     row_tile, row = sch.split(i, [None, rows])
     sch.bind(channel, "blockIdx.x")
     sch.bind(row_tile, "blockIdx.y")
     intermediate = {str(sch.get(h_block).writes[0].source.name)} if fused else set()
     _stage_in_shared(sch, output, row_tile, rows, width, skip=intermediate)
-    _one_output_per_thread(sch, output, row, j)
+    _one_output_per_thread(sch, output, [row, j])
     if fused:
         sch.compute_at(h_block, row_tile)
         sch.set_scope(h_block, 0, "shared")
         _stage_in_shared(sch, h_block, row_tile, rows, width, skip=set())
-        h_rows, h_cols, _ = sch.get_loops(h_block)[-3:]
-        _one_output_per_thread(sch, h_block, h_rows, h_cols)
+        # The H pass's spatial loops under the row tile: (rows, columns), or only columns when
+        # the tile is one row (compute_at drops a loop of extent 1); the last loop reduces.
+        loops = sch.get_loops(h_block)
+        below = next(k for k, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(row_tile))) + 1
+        _one_output_per_thread(sch, h_block, loops[below:-1])
     if tunable:
         mark_root_untouchable(sch)
     return True

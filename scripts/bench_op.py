@@ -22,6 +22,7 @@ def main(argv=None):
     parser.add_argument("--target", default="x86", help="x86 (cuda needs a GPU; arm needs a board)")
     parser.add_argument("--model", nargs="+", default=["xt", "t"])
     parser.add_argument("--input-size", default="224")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (the paper times GPUs at 32)")
     parser.add_argument("--impl", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--repeat", type=int, default=20, help="timed samples per impl (median reported)")
     parser.add_argument("--number", type=int, default=10, help="calls per timed sample")
@@ -35,8 +36,13 @@ def main(argv=None):
     reason = named_target.why_not_runnable_here()
     if reason:
         raise ParcnetError(f"cannot time {args.target} here: {reason}")
+    gpu = ""
+    if named_target.name == "cuda":
+        import torch
+
+        gpu = f" ({torch.cuda.get_device_name(0)}, PyTorch's conv: cuDNN {torch.backends.cudnn.version()})"
     print(f"machine: {cpu_model_name()}, {host_cores()} threads, {platform.machine()}; "
-          f"target {named_target.description}")
+          f"target {named_target.description}{gpu}; batch {args.batch}")
     if args.tune_trials and not args.tuning_log:
         raise ParcnetError("--tune-trials needs --tuning-log DIR to write the database to")
     impls = list(args.impl) + ([TUNED] if args.tuning_log else [])
@@ -46,7 +52,7 @@ def main(argv=None):
             print(f"  tuning {shape['model']} stage {shape['stage']} ({args.tune_trials} trials)...", flush=True)
             tune_shape(shape, named_target, args.tuning_log, args.tune_trials)
         rows += bench_shape(shape, named_target, impls, repeat=args.repeat, number=args.number,
-                            tuning_log=args.tuning_log)
+                            tuning_log=args.tuning_log, batch=args.batch)
         print(f"  {shape['model']} stage {shape['stage']}: " +
               ", ".join(f"{r['impl']} {r['median_ms']:.4f} ms" for r in rows[-len(impls):]), flush=True)
     print(format_table(rows))

@@ -1,11 +1,12 @@
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from parcnet_tvm.board import free_port  # noqa: F401  (the tests' free port, as the library finds it)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = 64  # smallest input that keeps every stage (64 / 32 = 2x2 last map)
@@ -15,12 +16,6 @@ needs_arm_toolchain = pytest.mark.skipif(
     shutil.which("arm-linux-gnueabihf-g++") is None and not os.environ.get("CI"),
     reason="arm-linux-gnueabihf-g++ not installed (apt-get install g++-arm-linux-gnueabihf)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_script(name, *args, cwd=None, env=None):

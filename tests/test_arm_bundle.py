@@ -1,7 +1,6 @@
 """The ARM bundle on the emulated board: runtime, runner, verification under qemu, RPC."""
 
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 
 from parcnet_tvm import ParcnetError
 from parcnet_tvm import arm_bundle
+from parcnet_tvm.board import start_tracker, stop
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.verify import reference_input
 
@@ -104,9 +104,7 @@ def test_rpc_server_under_qemu_through_tracker(xt_arm, runtime):
 
     library, manifest = xt_arm
     tracker_port = free_port()
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                                "--port", str(tracker_port), "--port-end", str(tracker_port + 1)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracker = start_tracker(tracker_port)
     server = arm_bundle.start_rpc_server(port=free_port(), tracker=f"127.0.0.1:{tracker_port}", key="qemu-board")
     try:
         deadline = time.time() + 120
@@ -133,8 +131,8 @@ def test_rpc_server_under_qemu_through_tracker(xt_arm, runtime):
         timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=1)
         assert timer("main").mean > 0  # emulated: a pipeline check, never reported as latency
     finally:
-        server.kill()
-        tracker.kill()
+        stop(server)
+        stop(tracker)
 
 
 def _imagenet_preprocess(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from parcnet_tvm import manifest as manifest_io
+from parcnet_tvm.board import free_port, start_tracker, stop, wait_for_server
 from parcnet_tvm.targets import local_cuda_arch
 from parcnet_tvm.tune import TuneBudget, extract_tasks, local_measurement, rpc_measurement, tune_fused_module
 from parcnet_tvm.tuning_log import RECORD_FILE, WORKLOAD_FILE, open_database, record_counts
@@ -215,25 +216,19 @@ def test_s_shares_every_task_shape_with_t():
 @pytest.fixture
 def rpc_tracker_with_server():
     """A Python RPC tracker and an x86 RPC server registered with it, on 127.0.0.1."""
-    from conftest import free_port
-
     port = free_port()
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                                "--port", str(port), "--port-end", str(port + 1)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracker = start_tracker(port)
     server_port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
                                "--port", str(server_port), "--port-end", str(server_port + 1),
                                "--tracker", f"127.0.0.1:{port}", "--key", "test-board"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        from parcnet_tvm.tune import _wait_for_server
-
-        _wait_for_server("127.0.0.1", port, "test-board")
+        wait_for_server("127.0.0.1", port, "test-board")
         yield f"127.0.0.1:{port}"
     finally:
-        server.kill()
-        tracker.kill()
+        stop(server)
+        stop(tracker)
 
 
 def test_rpc_runner_measures_on_a_server_through_the_tracker(fused_xt, rpc_tracker_with_server, tmp_path):
@@ -247,8 +242,6 @@ def test_rpc_runner_measures_on_a_server_through_the_tracker(fused_xt, rpc_track
 
 
 def test_board_that_vanishes_gives_failed_trials_and_a_message(fused_xt, tmp_path):
-    from conftest import free_port
-
     fused, named = fused_xt
     messages = []
     measurement = rpc_measurement(named, direct=f"127.0.0.1:{free_port()}", session_timeout=5)  # nobody there

@@ -1,0 +1,128 @@
+"""Reaching an ARM board through TVM RPC: a tracker or a direct server, and the emulated board.
+
+tune.py measures trials on the board and bench.py times whole libraries there; both open their
+sessions here. The emulated board is our own RPC server (from the ARM bundle) under qemu-arm,
+registered with a local tracker: a check that the whole path works, never a source of latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from .errors import ParcnetError
+
+EMULATED_KEY = "emulated-cortex-a17"
+
+
+def parse_host_port(text: str, flag: str) -> tuple[str, int]:
+    host, _, port = (text or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ParcnetError(f"{flag} expects HOST:PORT (got {text!r})")
+    return host, int(port)
+
+
+def check_board_args(rpc_tracker: str | None, rpc_key: str | None, rpc: str | None) -> None:
+    """The one check of --rpc-tracker/--rpc-key/--rpc that tune.py and bench.py share."""
+    if rpc and rpc_tracker:
+        raise ParcnetError("give either --rpc HOST:PORT or --rpc-tracker HOST:PORT --rpc-key KEY, not both")
+    if rpc_key and not rpc_tracker:
+        raise ParcnetError("--rpc-key needs --rpc-tracker HOST:PORT")
+    if rpc_tracker:
+        parse_host_port(rpc_tracker, "--rpc-tracker")
+        if not rpc_key:
+            raise ParcnetError("--rpc-tracker needs --rpc-key (the key the board registered with)")
+    if rpc:
+        parse_host_port(rpc, "--rpc")
+
+
+def connect(tracker: str | None = None, key: str | None = None, direct: str | None = None,
+            session_timeout: int = 60, attempts: int = 3):
+    """RPC session to the board, through the tracker or directly, retried a few times (boards drop
+    connections); the last failure is raised with what was tried."""
+    from tvm import rpc
+
+    error = None
+    for attempt in range(attempts):
+        try:
+            if direct:
+                host, port = parse_host_port(direct, "--rpc")
+                return rpc.connect(host, port, session_timeout=session_timeout)
+            host, port = parse_host_port(tracker, "--rpc-tracker")
+            return rpc.connect_tracker(host, port).request(key, session_timeout=session_timeout)
+        except ParcnetError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (any failure: try again, then report it)
+            error = exc
+            time.sleep(0.5 * (attempt + 1))
+    where = direct or f"tracker {tracker} key {key}"
+    raise RuntimeError(f"board unreachable through RPC ({where}) after {attempts} attempts: {error}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_tracker(port: int) -> subprocess.Popen:
+    """TVM's RPC tracker on 127.0.0.1:port, in its own process group: it serves from a worker
+    process of its own, which killing the tracker alone would leave running. Stop it with stop()."""
+    return subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                             "--port", str(port), "--port-end", str(port + 1)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Kill a process started in its own group (start_new_session=True), with its children."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def wait_for_server(host: str, port: int, key: str, timeout: float = 180) -> None:
+    """Return once a server with `key` is registered with the tracker host:port."""
+    from tvm import rpc
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            summary = rpc.connect_tracker(host, port).summary()
+            if any(key in str(queue) for queue in summary.get("queue_info", {})):
+                return
+        except Exception:  # noqa: BLE001  (tracker still starting)
+            pass
+        if time.time() > deadline:
+            raise ParcnetError(f"no RPC server with key {key} registered with the tracker {host}:{port} "
+                               f"within {timeout:.0f} s")
+        time.sleep(1)
+
+
+@contextlib.contextmanager
+def emulated_board(log=print):
+    """Start a local tracker and our board RPC server under qemu-arm; yields the tracker's
+    HOST:PORT (key EMULATED_KEY) and stops both afterwards."""
+    from . import arm_bundle
+
+    reason = arm_bundle.why_not_emulated()
+    if reason:
+        raise ParcnetError(f"--emulate needs the emulated board: {reason}")
+    port = free_port()
+    processes = [start_tracker(port)]
+    try:
+        processes.append(arm_bundle.start_rpc_server(port=free_port(), tracker=f"127.0.0.1:{port}",
+                                                     key=EMULATED_KEY))
+        log(f"      emulated board: parcnet_rpc_server under qemu-arm, tracker 127.0.0.1:{port} "
+            "(a pipeline check: its times are not latency)")
+        wait_for_server("127.0.0.1", port, EMULATED_KEY)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for process in reversed(processes):
+            stop(process)

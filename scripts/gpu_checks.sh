@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every CUDA check that needs a GPU, in one go (a GPU is often lent for minutes only):
+#   tests   the GPU tests (our kernels for every tile size, a verified library, bench's CUDA worker)
+#   op      our oversized op against PyTorch's cuDNN depth-wise conv (scripts/bench_op.py)
+#   tune    a short MetaSchedule run of T at batch 32 (TUNE_MIN minutes, default 2), built and verified
+#   bench   scripts/bench.py --target cuda for XT and T at batch 32, then batch 1
+# Usage: bash scripts/gpu_checks.sh OUT_DIR [STEP ...]   (default: all steps, in that order)
+# Each step writes its log (and JSON/PNG) to OUT_DIR; a failing step does not stop the next.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-build/gpu}
+shift || true
+steps=${*:-tests op tune bench}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, tvm; print('torch', torch.__version__, '| TVM', tvm.__version__)" | tee -a "$out/gpu.txt"
+
+run_step() {  # name, command...: timed, logged, never fatal
+    local name=$1
+    shift
+    echo "== $name: $*"
+    local started=$SECONDS
+    "$@" 2>&1 | tee "$out/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s"
+}
+
+for step in $steps; do
+    case $step in
+        tests) run_step tests python3 -m pytest -q -rs tests/test_cuda.py ;;
+        op) run_step bench_op python3 scripts/bench_op.py --target cuda --model xt t --batch 32 --json "$out/bench_op_cuda.json" ;;
+        tune) run_step tune python3 scripts/tune.py --target cuda --model t --batch 32 --time-budget "${TUNE_MIN:-2}" \
+                  --compare 0 -o build/bench/parcnetv2_t-cuda-224x224-b32-tuned.so
+              mkdir -p "$out/t-cuda-224-b32" && cp tuning_logs/t-cuda-224-b32/*.json "$out/t-cuda-224-b32/" ;;
+        bench|bench32) run_step bench_b32 python3 scripts/bench.py --target cuda --model t xt --batch 32 --repeat 20 \
+                           --max-seconds 3 --json "$out/bench_cuda_b32.json" --plot "$out/bench_cuda_b32.png" ;;&
+        bench|bench1) run_step bench_b1 python3 scripts/bench.py --target cuda --model t xt --batch 1 --repeat 30 \
+                          --max-seconds 3 --json "$out/bench_cuda_b1.json" --plot "$out/bench_cuda_b1.png" ;;
+        bench32) ;;
+        *) echo "unknown step $step (tests, op, tune, bench, bench32, bench1)" ;;
+    esac
+done
