@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Where the time goes: per-kernel times of a built library next to PyTorch's profiler.
+
+  python scripts/profile.py build/parcnetv2_t-x86-224.so --top 20
+
+Reads the manifest beside the library (model, input shape, weights); x86 and CUDA libraries
+(ARM ones run on the board). Kernel times are each kernel timed alone on its own arguments
+inside one run of the model (TVM 0.27's VM has no profiler); the same ops in every block add
+up to one row. The PyTorch side is torch.profiler's self CPU time per aten op.
+"""
+
+import argparse
+
+from parcnet_tvm import manifest as manifest_io
+from parcnet_tvm.build import model_from_manifest
+from parcnet_tvm.cli import run_main
+from parcnet_tvm.errors import ParcnetError
+from parcnet_tvm.profile import format_breakdown, profile_library, profile_pytorch
+from parcnet_tvm.targets import cpu_model_name, get_target, host_cores
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("library", help="the .so written by scripts/build.py or tune.py")
+    parser.add_argument("--top", type=int, default=20, help="rows per table (default 20)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls per kernel (median)")
+    args = parser.parse_args(argv)
+    manifest = manifest_io.read(args.library)
+    named = get_target(manifest["target_name"], cuda_arch=manifest["target"].get("arch"))
+    if named.emulated:
+        raise ParcnetError(f"{args.library} is an ARM library: profile it on the board (emulated time is not latency)")
+    reason = named.why_not_runnable_here()
+    if reason:
+        raise ParcnetError(f"cannot profile {args.library} here: {reason}")
+    print(f"{manifest['model']} {manifest['input_shape']} on {cpu_model_name()}, {host_cores()} threads "
+          f"({named.description})\n")
+    print(format_breakdown(f"TVM {args.library}", profile_library(args.library, named.device(), args.repeat),
+                           args.top))
+    print()
+    print(format_breakdown("PyTorch eager", profile_pytorch(model_from_manifest(manifest), manifest["input_shape"],
+                                                            host_cores()), args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

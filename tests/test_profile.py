@@ -1,0 +1,32 @@
+"""scripts/profile.py: per-kernel times of a built library next to PyTorch's profiler."""
+
+import pytest
+
+from parcnet_tvm.profile import kernel_group, profile_library
+
+from conftest import run_script
+
+
+def test_kernel_groups_drop_numbering_only():
+    assert kernel_group("fused_conv2d9_add12_multiply") == "fused_conv2d_add_multiply"
+    assert kernel_group("matmul") == "matmul" and kernel_group("fused_matmul4_add") == "fused_matmul_add"
+
+
+def test_library_profile_accounts_for_every_kernel_kind(xt_small_x86):
+    library, _ = xt_small_x86
+    result = profile_library(library, repeat=2)
+    rows = {r["name"]: r for r in result["kernels"]}
+    assert result["end_to_end_ms"] > 0 and all(r["ms"] > 0 and r["calls"] >= 1 for r in rows.values())
+    assert any(name.startswith("oversized_conv") for name in rows)  # our op is one of the kernels
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
+    assert not any(name.startswith("vm.builtin") for name in rows)  # kernels only, no VM bookkeeping
+    ms = [r["ms"] for r in result["kernels"]]
+    assert ms == sorted(ms, reverse=True)
+
+
+def test_profile_script_prints_tvm_and_pytorch_tables(xt_small_x86):
+    library, _ = xt_small_x86
+    done = run_script("profile.py", library, "--top", 5, "--repeat", 2)
+    assert done.returncode == 0, done.stderr
+    assert "ms end to end" in done.stdout and "| op | calls | ms | share |" in done.stdout
+    assert "PyTorch eager" in done.stdout and "aten::" in done.stdout
