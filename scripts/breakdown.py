@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the time goes: per-kernel times of a built library next to PyTorch's profiler.
 
-  python scripts/profile.py build/parcnetv2_t-x86-224.so --top 20
+  python scripts/breakdown.py build/parcnetv2_t-x86-224.so --top 20
 
 Reads the manifest beside the library (model, input shape, weights); x86 and CUDA libraries
 (ARM ones run on the board). Kernel times are each kernel timed alone on its own arguments
@@ -15,7 +15,7 @@ from parcnet_tvm import manifest as manifest_io
 from parcnet_tvm.build import model_from_manifest
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.errors import ParcnetError
-from parcnet_tvm.profile import format_breakdown, profile_library, profile_pytorch
+from parcnet_tvm.breakdown import format_breakdown, profile_library, profile_pytorch
 from parcnet_tvm.targets import cpu_model_name, get_target, host_cores
 
 

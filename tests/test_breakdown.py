@@ -1,8 +1,8 @@
-"""scripts/profile.py: per-kernel times of a built library next to PyTorch's profiler."""
+"""scripts/breakdown.py: per-kernel times of a built library next to PyTorch's profiler."""
 
 import pytest
 
-from parcnet_tvm.profile import kernel_group, profile_library
+from parcnet_tvm.breakdown import kernel_group, profile_library
 
 from conftest import run_script
 
@@ -26,7 +26,7 @@ def test_library_profile_accounts_for_every_kernel_kind(xt_small_x86):
 
 def test_profile_script_prints_tvm_and_pytorch_tables(xt_small_x86):
     library, _ = xt_small_x86
-    done = run_script("profile.py", library, "--top", 5, "--repeat", 2)
+    done = run_script("breakdown.py", library, "--top", 5, "--repeat", 2)
     assert done.returncode == 0, done.stderr
     assert "ms end to end" in done.stdout and "| op | calls | ms | share |" in done.stdout
     assert "PyTorch eager" in done.stdout and "aten::" in done.stdout
