@@ -27,6 +27,17 @@ def parse_host_port(text: str, flag: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def add_board_arguments(parser, emulate_help: str):
+    """The board options tune.py and bench.py share (--rpc-tracker/--rpc-key, --rpc, --emulate),
+    in an "ARM board" group, which is returned for a script's own additions."""
+    group = parser.add_argument_group("ARM board")
+    group.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the board registered with")
+    group.add_argument("--rpc-key", help="the board's key at the tracker")
+    group.add_argument("--rpc", metavar="HOST:PORT", help="the board's RPC server, without a tracker")
+    group.add_argument("--emulate", action="store_true", help=emulate_help)
+    return group
+
+
 def check_board_args(rpc_tracker: str | None, rpc_key: str | None, rpc: str | None) -> None:
     """The one check of --rpc-tracker/--rpc-key/--rpc that tune.py and bench.py share."""
     if rpc and rpc_tracker:

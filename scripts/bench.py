@@ -43,14 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--tuning-log", nargs="+", default=[], metavar="DIR", help="logs for tvm-tuned")
     parser.add_argument("--json", metavar="OUT.json", help="write the rows as JSON")
     parser.add_argument("--plot", metavar="OUT.png", help="write a bar chart (matplotlib)")
-    arm = parser.add_argument_group("ARM board")
-    arm.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the board registered with")
-    arm.add_argument("--rpc-key", help="the board's key at the tracker")
-    arm.add_argument("--rpc", metavar="HOST:PORT", help="the board's RPC server, without a tracker")
+    arm = board.add_board_arguments(parser, "run on the emulated board (qemu): checks correctness, shows no times")
     arm.add_argument("--pytorch-ms", nargs="+", default=[], metavar="[MODEL[@BATCH]=]MS",
                      help="PyTorch eager time measured on the board")
-    arm.add_argument("--emulate", action="store_true",
-                     help="run on the emulated board (qemu): checks correctness, shows no times")
     return parser.parse_args(argv)
 
 

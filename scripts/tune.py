@@ -13,6 +13,7 @@ import argparse
 import functools
 import sys
 
+from parcnet_tvm.board import add_board_arguments
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.model import VARIANTS
 from parcnet_tvm.targets import TARGET_NAMES
@@ -37,12 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", help="tuning log folder (default tuning_logs/<model>-<target>-<size>)")
     parser.add_argument("--warm-start", nargs="+", default=(), metavar="DIR",
                         help="other tuning logs to reuse (read-only): their tasks are not tuned again")
-    board = parser.add_argument_group("ARM board")
-    board.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the board registered with")
-    board.add_argument("--rpc-key", help="the board's key at the tracker")
-    board.add_argument("--rpc", metavar="HOST:PORT", help="the board's RPC server, without a tracker")
-    board.add_argument("--emulate", action="store_true",
-                       help="tune against the emulated board (qemu): a pipeline check, times are not latency")
+    add_board_arguments(parser, "tune against the emulated board (qemu): a pipeline check, times are not latency")
     parser.add_argument("--exact-math", action="store_true", help="exact erf in GELU (default: fast polynomial)")
     parser.add_argument("--cuda-arch", help="CUDA arch when no GPU is visible (default sm_90)")
     parser.add_argument("--mcpu", help="override the detected x86 CPU name (LLVM -mcpu)")
