@@ -177,6 +177,7 @@ def prepare_library(case: BenchCase, backend: str, tuning_logs, log) -> Path:
     from . import manifest as manifest_io
     from .build import BuildRequest, build_library
     from .targets import get_target
+    from .tuning_log import database_summary
     from .verify import verify_library
 
     height, width = case.input_size
@@ -186,14 +187,16 @@ def prepare_library(case: BenchCase, backend: str, tuning_logs, log) -> Path:
                            output=str(out), tvm_default=backend == "tvm-untuned",
                            tuning_log=list(tuning_logs) if backend == "tvm-tuned" else None)
     if out.is_file() and out.with_suffix(".json").is_file():
+        # Reused only if built by this pipeline from the same logs (same records), else rebuilt.
         manifest = manifest_io.read(out)
-        wanted = [str(Path(p).resolve()) for p in tuning_logs] if backend == "tvm-tuned" else []
-        have = [entry["path"] for entry in (manifest.get("tuning_database") or {}).get("logs", [])]
+        wanted = [database_summary(p) for p in tuning_logs] if backend == "tvm-tuned" else []
+        have = (manifest.get("tuning_database") or {}).get("logs", [])
+        current = have == wanted and manifest.get("pipeline") == manifest_io.pipeline_fingerprint()
         status = manifest["verification"]["status"]
-        if have == wanted and status == "skipped" and get_target(case.target).why_not_runnable_here() is None:
+        if current and status == "skipped" and get_target(case.target).why_not_runnable_here() is None:
             verify_library(out)  # built where it could not run (a CUDA library without a GPU): check it now
             return out
-        if have == wanted and status in ("passed", "skipped"):
+        if current and status in ("passed", "skipped"):
             return out
     log(f"[bench] building {out.name}")
     build_library(request, log=lambda *_: None)

@@ -17,6 +17,8 @@ from .checkpoint import load_checkpoint
 from .fast_math import legalize_map
 from .errors import ParcnetError
 from .frontend import import_model
+from .layout import to_channels_last
+from .norm import fuse_layer_norms
 from .oversized import check_algo
 from .rewrite import rewrite_oversized_convs
 from .tuning_log import apply_database, database_summary
@@ -81,10 +83,17 @@ def fused_module(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool =
         if log:
             used = ", ".join(f"{algos.count(a)} {a}" for a in sorted(set(algos)))
             log(f"      replaced {replaced} oversized conv pairs with our op ({used or 'none'})")
-    # Weight-only subexpressions (the Linear weights' transposes) are computed once, here,
-    # not on every call. (Before the BGU exported as one GEMM this copied each weight per
-    # image row and multiplied the constants 5x; it no longer grows them: size is tested.)
-    mod = relax.transform.FoldConstant()(mod)
+    if named_target.target.kind.name == "llvm":
+        # CPUs (x86, ARM): channels-last throughout with the 1x1 convs as GEMMs, and each
+        # LayerNormGeneral as one op; measured faster and verified here. CUDA keeps the
+        # imported layout, the graph last verified on a GPU, until a GPU run checks these.
+        mod = to_channels_last(mod)
+        mod, norms = fuse_layer_norms(mod)
+        if log:
+            log(f"      channels-last; {norms} LayerNormGeneral chains as one op each")
+    else:
+        # Weight-only subexpressions (the Linear weights' transposes) are computed once, here.
+        mod = relax.transform.FoldConstant()(mod)
     return legalize_and_fuse(mod, named_target, exact_math)
 
 
@@ -180,6 +189,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "target": named_target.as_dict(),
         "target_description": named_target.description,
         "tvm_version": tvm.__version__,
+        "pipeline": manifest_io.pipeline_fingerprint(),
         "tuning_database": None if not tuning_logs else {
             "logs": [database_summary(d) for d in tuning_logs],
             "kernels_from_database": stats["from_database"],

@@ -9,8 +9,11 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import torch
 import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, is_tuple, rewrite_call, wildcard
 
 from .errors import ParcnetError
 
@@ -79,13 +82,56 @@ def from_onnx(model: torch.nn.Module, input_shape) -> tvm.IRModule:
     onnx_model = export_onnx(model, input_shape)
     clip_to_max_min(onnx_model)
     mod = relax_from_onnx(onnx_model, shape_dict={"input": list(input_shape)}, keep_params_in_input=False)
+    return two_way_max_as_maximum(mod)
+
+
+def two_way_max_as_maximum(mod: tvm.IRModule, func_name: str = "main") -> tvm.IRModule:
+    """max(stack((a, b)), axis 0) -> maximum(a, b), and the same for min: TVM's ONNX importer
+    writes a two-input Max/Min as a 5-D stack, which TVM's ConvertLayout cannot handle."""
+    a, b = wildcard(), wildcard()
+    stacked = is_op("relax.stack")(is_tuple([a, b]))
+    for reduce_op, binary in (("relax.max", relax.op.maximum), ("relax.min", relax.op.minimum)):
+        pattern = is_op(reduce_op)(stacked)
+
+        def rewriter(expr, matches, binary=binary):
+            axes = expr.attrs.axis
+            if axes is None or [int(x) for x in axes] != [0] or int(matches[stacked].attrs.axis) != 0 \
+                    or expr.attrs.keepdims:
+                return expr
+            return binary(matches[a], matches[b])
+
+        mod[func_name] = rewrite_call(pattern, rewriter, mod[func_name])
     return mod
 
 
 def import_model(model: torch.nn.Module, input_shape, frontend: str = "torch") -> tvm.IRModule:
     """Import `model` for a fixed input shape through the named frontend."""
     if frontend == "torch":
-        return from_torch(model, input_shape)
+        return square_as_multiply(from_torch(model, input_shape))
     if frontend == "onnx":
-        return from_onnx(model, input_shape)
+        return square_as_multiply(from_onnx(model, input_shape))
     raise ParcnetError(f"unknown frontend {frontend!r}: choose one of {', '.join(FRONTENDS)}")
+
+
+def square_as_multiply(mod: tvm.IRModule, func_name: str = "main") -> tvm.IRModule:
+    """power(x, 2) -> x * x. LayerNormGeneral squares with `pow(2)`, and on an H200 the CUDA
+    kernel TVM made of power + sum returned NaN for negative x: every CUDA library (TVM's
+    default build too) was off by ~1.4. x * x is exact and cheaper on every target."""
+    base, exponent = wildcard(), is_const()
+    pattern = is_op("relax.power")(base, exponent)
+
+    def rewriter(expr, matches):
+        value = const_value(matches[exponent])
+        if value.size == 1 and float(value.reshape(())) == 2.0:
+            return relax.op.multiply(matches[base], matches[base])
+        return expr
+
+    mod[func_name] = rewrite_call(pattern, rewriter, mod[func_name])
+    return mod
+
+
+def const_value(const) -> np.ndarray:
+    """A Relax constant's value (TVM 0.27 imports weights as GenericConst, with .value)."""
+    holder = getattr(const, "data", None) or getattr(const, "value", None)
+    return holder.numpy()
+

@@ -22,6 +22,16 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
+def pipeline_fingerprint() -> str:
+    """sha256 over the Python sources of the pipeline (parcnet_tvm/ and schedules/): a library
+    cached by an older pipeline is rebuilt rather than measured as if it were current."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for source in sorted([*root.joinpath("parcnet_tvm").glob("*.py"), *root.joinpath("schedules").glob("*.py")]):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def read(library) -> dict:
     path = path_for(library)
     if not path.is_file():

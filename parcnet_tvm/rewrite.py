@@ -8,11 +8,11 @@ alike. Anything else (the 7x7 depth-wise conv, stems, 1x1 convs) is left as it i
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax, te
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from .frontend import const_value
 from .oversized import choose_algo, oversized_conv, weight_constants
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves our op alone, so its schedule stays ours
@@ -28,11 +28,6 @@ def _pattern():
 
 def _ints(values) -> list[int]:
     return [int(v) for v in values]
-
-
-def _const_value(const) -> np.ndarray:
-    holder = getattr(const, "data", None) or getattr(const, "value", None)
-    return holder.numpy()
 
 
 def _is_depthwise(call, channels: int, kernel: tuple[int, int], padding: list[int]) -> bool:
@@ -76,8 +71,8 @@ def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: st
             return expr
         batch, channels, height, width = shape
         chosen = choose_algo(algo, channels, height, width)
-        constants = weight_constants(chosen, "hw", _const_value(matches[weight_h_p]),
-                                     _const_value(matches[weight_w_p]), height, width)
+        constants = weight_constants(chosen, "hw", const_value(matches[weight_h_p]),
+                                     const_value(matches[weight_w_p]), height, width)
         x = te.placeholder(shape, "float32", name="x")
         taps = [te.placeholder(c.shape, "float32", name=f"taps{i}") for i, c in enumerate(constants)]
         out = oversized_conv(x, *taps, algo=chosen, passes="hw")

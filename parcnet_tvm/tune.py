@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,7 @@ class TuneBudget:
     trials_per_task: int
     trials_per_iter: int = 8
     time_budget_min: float | None = None
+    by_flops: bool = False  # per-task allowance by FLOP share, up to trials_per_task
 
     def __post_init__(self):
         for name in ("trials", "trials_per_task", "trials_per_iter"):
@@ -64,16 +67,62 @@ class TuneBudget:
             raise ParcnetError(f"--time-budget must be > 0 minutes (got {self.time_budget_min})")
 
 
+# Per-task allowance by FLOP share (unless --trials-per-task is given): in ParCNetV2 a dozen
+# GEMM tasks hold ~80% of the FLOPs and ~40 norm/reshape/transpose tasks under 1%. Each task
+# may take up to twice its share of the global budget, between one round and MAX_ROUNDS.
+SHARE_FACTOR = 2.0
+MAX_ROUNDS = 32
+BUDGET_FILE = "budget.json"
+
+
+def task_trial_caps(flops: list[float], budget: TuneBudget, uniform: bool) -> list[int]:
+    """Trials each task may take: `budget.trials_per_task` for every task when `uniform`,
+    else by its share of the model's FLOPs (weight x FLOPs of one call)."""
+    if uniform:
+        return [budget.trials_per_task] * len(flops)
+    total = sum(flops) or 1.0
+    per_iter = budget.trials_per_iter
+    caps = []
+    for f in flops:
+        rounds = math.ceil(SHARE_FACTOR * budget.trials * f / total / per_iter)
+        caps.append(min(per_iter * max(rounds, 1), budget.trials_per_task))
+    return caps
+
+
+def write_budget_record(work_dir: Path, tasks, caps: list[int], flops: list[float], budget: TuneBudget,
+                        uniform: bool) -> None:
+    """budget.json in the log: for every run (appended), the rule and each task's allowance."""
+    total = sum(flops) or 1.0
+    path = work_dir / BUDGET_FILE
+    try:
+        runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    except (ValueError, KeyError, TypeError):
+        runs = []  # unreadable: start the record again rather than stop the tuning
+    record = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rule": (f"{budget.trials_per_task} trials per task" if uniform else
+                 f"by FLOP share: up to {SHARE_FACTOR:g}x the task's share of {budget.trials} trials, "
+                 f"between {budget.trials_per_iter} and {MAX_ROUNDS * budget.trials_per_iter}"),
+        "trials": budget.trials, "trials_per_iter": budget.trials_per_iter,
+        "time_budget_min": budget.time_budget_min,
+        "tasks": [{"task": t.task_name, "weight": int(t.weight), "flop_share": round(f / total, 5), "max_trials": c}
+                  for t, c, f in zip(tasks, caps, flops)],
+    }
+    path.write_text(json.dumps({"runs": runs + [record]}, indent=1) + "\n")
+
+
 def default_budget(n_tasks: int, trials=None, trials_per_task=None, trials_per_iter=None,
                    time_budget_min=None) -> TuneBudget:
-    """Defaults sized for ParCNetV2 on a 2-core host: 8 candidates per task per round, the
-    heavy tasks visited several times, and (unless --trials is given) a 30-minute cap:
-    XT at 224 on x86 has 87 tasks, one round over all of them takes ~10 minutes here."""
+    """Defaults sized for ParCNetV2 on a 2-core host: 8 candidates per task per round, each
+    task's allowance by its FLOP share (up to MAX_ROUNDS rounds for the GEMMs; one round for
+    a reshape) unless --trials-per-task sets one for all, and (unless --trials is given) a
+    30-minute cap: T at 224 on x86 has 75 tasks."""
     per_iter = trials_per_iter or 8
     return TuneBudget(trials=trials or 4 * per_iter * n_tasks,
-                      trials_per_task=trials_per_task or 8 * per_iter,
+                      trials_per_task=trials_per_task or MAX_ROUNDS * per_iter,
                       trials_per_iter=per_iter,
-                      time_budget_min=30.0 if time_budget_min is None and trials is None else time_budget_min)
+                      time_budget_min=30.0 if time_budget_min is None and trials is None else time_budget_min,
+                      by_flops=trials_per_task is None)
 
 
 @derived_object
@@ -406,9 +455,12 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
         log(f"      warm start: {len(warm)} of {len(tasks)} tasks already tuned in {', '.join(map(str, warm_start))} "
             f"({summary.records_copied} records copied)")
 
+    flops = [float(t.weight) * estimate_tir_flops(t.dispatched[0]) for t in tasks]
+    caps = task_trial_caps(flops, budget, uniform=not budget.by_flops)
+    write_budget_record(work_dir, tasks, caps, flops, budget, uniform=not budget.by_flops)
     recorded = record_counts(database, tasks)
     summary.trials_before = sum(n for i, n in enumerate(recorded) if i not in warm)
-    todo = [i for i in range(len(tasks)) if i not in warm and recorded[i] < budget.trials_per_task]
+    todo = [i for i in range(len(tasks)) if i not in warm and recorded[i] < caps[i]]
     remaining = budget.trials - summary.trials_before
     if summary.trials_before:
         log(f"      resuming: {summary.trials_before} trials already recorded in {work_dir}")
@@ -418,7 +470,7 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
             " (raise --trials to tune further)" if todo else ""))
         return summary
 
-    trials_left = [budget.trials_per_task - recorded[i] for i in todo]
+    trials_left = [caps[i] - recorded[i] for i in todo]
     selected = [tasks[i] for i in todo]
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         selected, str(work_dir), strategy=ms.search_strategy.EvolutionarySearch(population_size=256),
@@ -429,7 +481,8 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
     scheduler = GradientScheduler(weights, trials_left, deadline, seed=seed)
     summary.tuned_now = len(selected)
     log(f"      tuning {len(selected)} tasks ({len(tasks) - len(selected)} need no trials): up to {remaining} "
-        f"trials, {budget.trials_per_task} per task, {budget.trials_per_iter} per round"
+        + (f"trials, {min(trials_left)}-{max(trials_left)} per task by FLOP share" if budget.by_flops
+           else f"trials, {budget.trials_per_task} per task") + f", {budget.trials_per_iter} per round"
         + (f", stop after {budget.time_budget_min:g} min" if budget.time_budget_min else "")
         + f"; measured on {measurement.where}")
     _quiet_metaschedule_console()

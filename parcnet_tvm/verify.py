@@ -111,3 +111,79 @@ def verify_library(library) -> dict:
     manifest_io.write(library, manifest)
     raise_on_failure(result, library)
     return result
+
+
+# ---------------------------------------------------------------- which kernel goes wrong
+
+def trace_kernels(library, device, x: np.ndarray) -> list[dict]:
+    """Run the model once and record every kernel call in order: its name and copies of all
+    its arguments before and after the call (for small models: it keeps everything)."""
+    vm = load_vm(library, device)
+    calls: list[dict] = []
+
+    def instrument(_func, name, before_run, _ret, *args):
+        if name.startswith("vm.builtin"):
+            return 0
+        arrays = [a.numpy() if hasattr(a, "numpy") else None for a in args]
+        if before_run:
+            calls.append({"name": name, "before": arrays})
+        else:
+            calls[-1]["after"] = arrays
+        return 0
+
+    vm.set_instrument(instrument)
+    vm["main"](tvm.runtime.tensor(x, device))
+    return calls
+
+
+def _max_difference(arrays_a, arrays_b) -> float:
+    worst = 0.0
+    for a, b in zip(arrays_a, arrays_b):
+        if a is None or b is None:
+            continue
+        if a.shape != b.shape:
+            return float("inf")
+        if not a.size:
+            continue
+        if a.dtype.kind != "f":
+            if not np.array_equal(a, b):
+                return float("inf")
+            continue
+        nan_a, nan_b = np.isnan(a), np.isnan(b)
+        if (nan_a != nan_b).any():  # a NaN on one side only
+            return float("inf")
+        worst = max(worst, float(np.abs(np.where(nan_a, 0, a).astype(np.float64) - np.where(nan_b, 0, b)).max()))
+    return worst
+
+
+def first_divergence(trace: list[dict], reference: list[dict], tolerance: float = 1e-3) -> dict | None:
+    """The first kernel call of `trace` that differs from the same call in `reference` (two
+    builds of one model run on one input), or None when every call agrees.
+
+    "kernel": its inputs agreed and its outputs did not, so the kernel itself is wrong;
+    "inputs": its inputs already differed though every earlier call agreed, so something
+    between the calls (memory planning, an alias, a missing sync) changed a live buffer.
+    """
+    # Compared call by call, in order: builds of one graph for two targets call the same
+    # kernels, though the names may differ (a CUDA build fuses twice: fused_fused_gelu).
+    if len(trace) != len(reference):
+        return {"index": None, "name": None, "cause": "different kernels",
+                "detail": f"the builds make {len(trace)} and {len(reference)} kernel calls: build both "
+                          "from the same graph"}
+    for index, (call, ref) in enumerate(zip(trace, reference)):
+        # Arguments the reference call left unchanged are its inputs; the others are outputs,
+        # whose contents before the call are whatever the memory held.
+        inputs = [b is not None and a is not None and np.array_equal(b, a, equal_nan=True)
+                  for b, a in zip(ref["before"], ref["after"])]
+        before = _max_difference(*([v for v, is_input in zip(args, inputs) if is_input]
+                                   for args in (call["before"], ref["before"])))
+        after = _max_difference(call["after"], ref["after"])
+        if before > tolerance or after > tolerance:
+            cause = "inputs" if before > tolerance else "kernel"
+            return {"index": index, "name": call["name"], "cause": cause,
+                    "input_difference": before, "output_difference": after,
+                    "detail": f"call {index} ({call['name']}): " + (
+                        f"its arguments differed by {before:.3g} before it ran, though every earlier call "
+                        "agreed: a live buffer was overwritten between calls" if cause == "inputs" else
+                        f"same inputs, outputs differ by {after:.3g}: the kernel is wrong")}
+    return None

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Every CUDA check that needs a GPU, in one go (a GPU is often lent for minutes only):
+#   trace   XT at 64 (our build), kernel call by kernel call against the same graph built for the CPU
 #   tests   the GPU tests (our kernels for every tile size, a verified library, bench's CUDA worker)
 #   op      our oversized op against PyTorch's cuDNN depth-wise conv (scripts/bench_op.py)
 #   tune    a short MetaSchedule run of T at batch 32 (TUNE_MIN minutes, default 2), built and verified
@@ -10,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/gpu}
 shift || true
-steps=${*:-tests op tune bench}
+steps=${*:-trace tests op tune bench}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
@@ -30,6 +31,7 @@ for step in $steps; do
     case $step in
         # -p no:logging: pytest's capture handlers have no names, and MetaSchedule's logger setup
         # (a second tuning run in one process) fails on a handler without a name.
+        trace) run_step trace python3 scripts/trace_kernels.py --target cuda --model xt --size 64 --batch 2 ;;
         tests) run_step tests python3 -m pytest -q -rs -p no:logging tests/test_cuda.py ;;
         op) run_step bench_op python3 scripts/bench_op.py --target cuda --model xt t --batch 32 --json "$out/bench_op_cuda.json" ;;
         tune) run_step tune python3 scripts/tune.py --target cuda --model t --batch 32 --time-budget "${TUNE_MIN:-2}" \
@@ -40,6 +42,6 @@ for step in $steps; do
         bench|bench1) run_step bench_b1 python3 scripts/bench.py --target cuda --model t xt --batch 1 --repeat 30 \
                           --max-seconds 3 --json "$out/bench_cuda_b1.json" --plot "$out/bench_cuda_b1.png" ;;
         bench32) ;;
-        *) echo "unknown step $step (tests, op, tune, bench, bench32, bench1)" ;;
+        *) echo "unknown step $step (trace, tests, op, tune, bench, bench32, bench1)" ;;
     esac
 done

@@ -29,7 +29,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", help="official/timm-style state dict (.pth); random weights if omitted")
     budget = parser.add_argument_group("budget (defaults: 8 trials per task per round, 4 rounds, 30 min cap)")
     budget.add_argument("--trials", type=int, help="total trials (default 32 x number of tasks)")
-    budget.add_argument("--trials-per-task", type=int, help="most trials for one task (default 64)")
+    budget.add_argument("--trials-per-task", type=int,
+                        help="the same allowance for every task (default: by FLOP share, 8 to 256; see budget.json)")
     budget.add_argument("--trials-per-iter", type=int, help="candidates per task per round (default 8)")
     budget.add_argument("--time-budget", type=float, metavar="MINUTES",
                         help="stop tuning after this long (default 30 when --trials is not given)")

@@ -98,3 +98,19 @@ def test_arm_bench_times_through_an_rpc_tracker_next_to_the_given_pytorch_time(t
     assert eager["median_ms"] == 500 and eager["source"] == "given with --pytorch-ms"
     assert ours["speedup_vs_pytorch"] == round(500 / ours["median_ms"], 3)
     assert "board reached through RPC" in done.stdout and "500.00 (given with --pytorch-ms)" in done.stdout
+
+
+def test_cached_library_is_reused_only_when_built_by_this_pipeline(tmp_path, monkeypatch):
+    from parcnet_tvm import bench, manifest as manifest_io
+
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    case = bench.BenchCase(model="xt", batch=1, input_size=(SMALL, SMALL))
+    builds = []
+    library = bench.prepare_library(case, "tvm-untuned", [], builds.append)
+    assert len(builds) == 1 and manifest_io.read(library)["pipeline"] == manifest_io.pipeline_fingerprint()
+    assert bench.prepare_library(case, "tvm-untuned", [], builds.append) == library and len(builds) == 1
+    manifest = manifest_io.read(library)
+    manifest["pipeline"] = "an older pipeline"
+    manifest_io.write(library, manifest)
+    bench.prepare_library(case, "tvm-untuned", [], builds.append)
+    assert len(builds) == 2  # rebuilt, not measured as if it were current

@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,3 +147,24 @@ def test_build_with_checkpoint_verifies_and_records_it(tmp_path):
     assert manifest["weights"]["sha256"] == sha256(checkpoint)
     assert manifest["frontend"] == "onnx"
     assert manifest["verification"]["status"] == "passed"
+
+
+def test_first_divergence_names_the_wrong_kernel_or_the_overwritten_buffer():
+    from parcnet_tvm.verify import first_divergence
+
+    def call(name, inputs, output_before, output_after):
+        return {"name": name, "before": [*inputs, output_before], "after": [*inputs, output_after]}
+
+    a, b, c = (np.full(4, v, np.float32) for v in (1.0, 2.0, 3.0))
+    garbage = np.full(4, 7.0, np.float32)
+    reference = [call("k0", [a], np.zeros(4, np.float32), b), call("k1", [b], np.zeros(4, np.float32), c)]
+    same = [call("k0", [a], garbage, b), call("k1", [b], garbage, c)]  # output memory differs before: fine
+    assert first_divergence(same, reference) is None
+    wrong_kernel = [call("k0", [a], garbage, b), call("k1", [b], garbage, c + 1)]
+    found = first_divergence(wrong_kernel, reference)
+    assert (found["index"], found["name"], found["cause"]) == (1, "k1", "kernel")
+    clobbered = [call("k0", [a], garbage, b), call("k1", [b + 1], garbage, c)]  # k1's input changed
+    assert first_divergence(clobbered, reference)["cause"] == "inputs"
+    nan = [call("k0", [a], garbage, np.full(4, np.nan, np.float32)), reference[1]]
+    assert first_divergence(nan, reference)["index"] == 0
+    assert first_divergence(reference[:1], reference)["cause"] == "different kernels"
