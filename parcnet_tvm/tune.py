@@ -116,7 +116,7 @@ def default_budget(n_tasks: int, trials=None, trials_per_task=None, trials_per_i
     """Defaults sized for ParCNetV2 on a 2-core host: 8 candidates per task per round, each
     task's allowance by its FLOP share (up to MAX_ROUNDS rounds for the GEMMs; one round for
     a reshape) unless --trials-per-task sets one for all, and (unless --trials is given) a
-    30-minute cap: T at 224 on x86 has 75 tasks."""
+    30-minute cap: XT and T at 224 on x86 have 66 tasks."""
     per_iter = trials_per_iter or 8
     return TuneBudget(trials=trials or 4 * per_iter * n_tasks,
                       trials_per_task=trials_per_task or MAX_ROUNDS * per_iter,
