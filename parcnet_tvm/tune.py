@@ -75,10 +75,15 @@ MAX_ROUNDS = 32
 BUDGET_FILE = "budget.json"
 
 
-def task_trial_caps(flops: list[float], budget: TuneBudget, uniform: bool) -> list[int]:
-    """Trials each task may take: `budget.trials_per_task` for every task when `uniform`,
-    else by its share of the model's FLOPs (weight x FLOPs of one call)."""
-    if uniform:
+def task_flops(task) -> float:
+    """A task's share of the model's work: how often it runs x FLOPs of one call."""
+    return float(task.weight) * estimate_tir_flops(task.dispatched[0])
+
+
+def task_trial_caps(flops: list[float], budget: TuneBudget) -> list[int]:
+    """Trials each task may take: by its share of the model's FLOPs when `budget.by_flops`,
+    else `budget.trials_per_task` for every task."""
+    if not budget.by_flops:
         return [budget.trials_per_task] * len(flops)
     total = sum(flops) or 1.0
     per_iter = budget.trials_per_iter
@@ -89,8 +94,7 @@ def task_trial_caps(flops: list[float], budget: TuneBudget, uniform: bool) -> li
     return caps
 
 
-def write_budget_record(work_dir: Path, tasks, caps: list[int], flops: list[float], budget: TuneBudget,
-                        uniform: bool) -> None:
+def write_budget_record(work_dir: Path, tasks, caps: list[int], flops: list[float], budget: TuneBudget) -> None:
     """budget.json in the log: for every run (appended), the rule and each task's allowance."""
     total = sum(flops) or 1.0
     path = work_dir / BUDGET_FILE
@@ -100,9 +104,9 @@ def write_budget_record(work_dir: Path, tasks, caps: list[int], flops: list[floa
         runs = []  # unreadable: start the record again rather than stop the tuning
     record = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "rule": (f"{budget.trials_per_task} trials per task" if uniform else
-                 f"by FLOP share: up to {SHARE_FACTOR:g}x the task's share of {budget.trials} trials, "
-                 f"between {budget.trials_per_iter} and {MAX_ROUNDS * budget.trials_per_iter}"),
+        "rule": (f"by FLOP share: up to {SHARE_FACTOR:g}x the task's share of {budget.trials} trials, "
+                 f"between {budget.trials_per_iter} and {budget.trials_per_task}" if budget.by_flops
+                 else f"{budget.trials_per_task} trials per task"),
         "trials": budget.trials, "trials_per_iter": budget.trials_per_iter,
         "time_budget_min": budget.time_budget_min,
         "tasks": [{"task": t.task_name, "weight": int(t.weight), "flop_share": round(f / total, 5), "max_trials": c}
@@ -404,7 +408,7 @@ def extract_tasks(fused: tvm.IRModule, named: NamedTarget, only=None) -> list:
     tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)]
     # Heaviest first: the first round visits tasks in this order, so a short budget or a
     # time limit spends its trials where the FLOPs are.
-    tasks.sort(key=lambda t: -t.weight * estimate_tir_flops(t.dispatched[0]))
+    tasks.sort(key=lambda t: -task_flops(t))
     if only:
         tasks = [t for t in tasks if any(s in t.task_name for s in only)]
         if not tasks:
@@ -455,9 +459,9 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
         log(f"      warm start: {len(warm)} of {len(tasks)} tasks already tuned in {', '.join(map(str, warm_start))} "
             f"({summary.records_copied} records copied)")
 
-    flops = [float(t.weight) * estimate_tir_flops(t.dispatched[0]) for t in tasks]
-    caps = task_trial_caps(flops, budget, uniform=not budget.by_flops)
-    write_budget_record(work_dir, tasks, caps, flops, budget, uniform=not budget.by_flops)
+    flops = [task_flops(t) for t in tasks]
+    caps = task_trial_caps(flops, budget)
+    write_budget_record(work_dir, tasks, caps, flops, budget)
     recorded = record_counts(database, tasks)
     summary.trials_before = sum(n for i, n in enumerate(recorded) if i not in warm)
     todo = [i for i in range(len(tasks)) if i not in warm and recorded[i] < caps[i]]

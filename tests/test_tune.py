@@ -74,12 +74,12 @@ def test_task_allowance_follows_flop_share_unless_one_is_given():
 
     flops = [70.0, 20.0, 9.0, 0.9, 0.1]
     budget = default_budget(len(flops), trials=200)
-    caps = task_trial_caps(flops, budget, uniform=not budget.by_flops)
+    caps = task_trial_caps(flops, budget)
     # 2x share of 200 trials in whole rounds of 8, at least one round, at most 32 rounds
     assert caps == [256, 80, 40, 8, 8]
     assert caps == sorted(caps, reverse=True)
     given = default_budget(len(flops), trials=200, trials_per_task=24)
-    assert not given.by_flops and task_trial_caps(flops, given, uniform=True) == [24] * 5
+    assert not given.by_flops and task_trial_caps(flops, given) == [24] * 5
 
 
 def test_rerun_continues_and_never_repeats_recorded_trials(tiny_run, fused_xt, tmp_path):
