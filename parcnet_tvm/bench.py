@@ -346,6 +346,18 @@ def _bench_on_board(backend: str, library, board: Board, reference, repeat: int,
     return {**(timing or {"median_ms": None, "p90_ms": None}), "max_abs_error": check["max_abs_error"]}
 
 
+def torch_gpu_precision() -> str:
+    """PyTorch's GPU math as run here (its defaults unless the user changed them): TF32 tensor
+    cores in cuDNN convolutions, none in matmuls. TVM's libraries compute in plain fp32."""
+    import torch
+
+    def state(flag: bool) -> str:
+        return "TF32" if flag else "fp32"
+
+    return (f"PyTorch convolutions {state(torch.backends.cudnn.allow_tf32)}, matmuls "
+            f"{state(torch.backends.cuda.matmul.allow_tf32)}; TVM fp32")
+
+
 def machine_header(threads: int, target: str = "x86", board: Board | None = None) -> str:
     """Where the numbers were measured, and with which versions."""
     import torch
@@ -361,7 +373,8 @@ def machine_header(threads: int, target: str = "x86", board: Board | None = None
     if target == "cuda":
         name = torch.cuda.get_device_name(0)
         return (f"{name} ({get_target('cuda').as_dict()['arch']}), CUDA {torch.version.cuda}, cuDNN "
-                f"{torch.backends.cudnn.version()}; host {cpu_model_name()}, {threads} threads; {versions}")
+                f"{torch.backends.cudnn.version()}; {torch_gpu_precision()}; host {cpu_model_name()}, "
+                f"{threads} threads; {versions}")
     try:
         import onnxruntime
 

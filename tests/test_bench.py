@@ -114,3 +114,16 @@ def test_cached_library_is_reused_only_when_built_by_this_pipeline(tmp_path, mon
     manifest_io.write(library, manifest)
     bench.prepare_library(case, "tvm-untuned", [], builds.append)
     assert len(builds) == 2  # rebuilt, not measured as if it were current
+
+
+def test_gpu_precision_note_follows_pytorch_flags(monkeypatch):
+    """The CUDA table says whether PyTorch used TF32 tensor cores (its default for convolutions)."""
+    import torch
+
+    from parcnet_tvm.bench import torch_gpu_precision
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert torch_gpu_precision() == "PyTorch convolutions TF32, matmuls fp32; TVM fp32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert torch_gpu_precision().startswith("PyTorch convolutions fp32")

@@ -33,17 +33,18 @@ class BuiltOnlyRunner(PyRunner):
 
 
 @pytest.fixture(scope="module")
-def fused_xt_cuda():
+def imported_xt():
+    return import_model(prepare_model("xt", SMALL), (1, 3, SMALL, SMALL), "torch")
+
+
+@pytest.mark.parametrize("only, algo", [(("oversized_conv",), "direct"), (("oversized_conv",), "toeplitz"),
+                                        (None, "auto")])
+def test_cuda_tuning_candidates_compile_without_a_gpu(imported_xt, tmp_path, only, algo):
+    """MetaSchedule's CUDA design spaces (our op's rule for each algorithm, and TVM's rules for
+    the heaviest other tasks) produce candidates that nvcc compiles: what tune.py --target cuda
+    measures on a GPU."""
     named = get_target("cuda", cuda_arch="sm_90")
-    mod = import_model(prepare_model("xt", SMALL), (1, 3, SMALL, SMALL), "torch")
-    return fused_module(mod, named), named
-
-
-@pytest.mark.parametrize("only", [("oversized_conv",), None])
-def test_cuda_tuning_candidates_compile_without_a_gpu(fused_xt_cuda, tmp_path, only):
-    """MetaSchedule's CUDA design spaces (our op's rule, and TVM's rules for the heaviest other
-    tasks) produce candidates that nvcc compiles: what tune.py --target cuda measures on a GPU."""
-    fused, named = fused_xt_cuda
+    fused = fused_module(imported_xt, named, oversized_algo=algo)
     runner = BuiltOnlyRunner()
     measurement = Measurement("local", PooledBuilder(2), runner, "no GPU: compile only")
     summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 4, 4), measurement, only=only,
@@ -56,16 +57,17 @@ def test_cuda_tuning_candidates_compile_without_a_gpu(fused_xt_cuda, tmp_path, o
 # ---------------------------------------------------------------- on a GPU (skipped in CI)
 
 @needs_gpu
-@pytest.mark.parametrize("algo", ["direct", "toeplitz"])
-@pytest.mark.parametrize("rows", [1, 2, 4, 8])
-def test_our_cuda_kernels_match_the_reference_for_every_row_tile(algo, rows, monkeypatch):
-    """Every tile size the search can pick, run on the GPU."""
+@pytest.mark.parametrize("algo, passes", [("direct", "hw"), ("toeplitz", "hw"), ("direct", "h"), ("direct", "w")])
+@pytest.mark.parametrize("value", [1, 2, 4, 8])
+def test_our_cuda_kernels_match_the_reference_for_every_knob_value(algo, passes, value, monkeypatch):
+    """Every value the search can pick for the knob (Toeplitz: rows per block; direct:
+    channels per block), run on the GPU."""
     import schedules.cuda as cuda_schedules
     from test_oversized import _te_func
 
     cuda = get_target("cuda")
-    func, x, constants, expected = _te_func(24, 8, 12, algo, "hw")
-    monkeypatch.setattr(cuda_schedules, "knob", lambda sch, candidates, default, tunable: rows)
+    func, x, constants, expected = _te_func(24, 8, 12, algo, passes)
+    monkeypatch.setattr(cuda_schedules, "knob", lambda sch, candidates, default, tunable: value)
     sch = cuda_schedules.OversizedConvCuda().apply(func, cuda.target, False)
     executable = tvm.compile(sch.mod, target=cuda.target)
     device = tvm.cuda(0)

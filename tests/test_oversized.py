@@ -1,5 +1,7 @@
 """Our oversized depth-wise conv op: numerics of both algorithms, hand schedules per target."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -104,14 +106,33 @@ def test_arm_schedule_compiles_to_neon(algo):
     assert "vfma.f32\tq" in asm or "vmla.f32\tq" in asm  # quad-register multiply-accumulates
 
 
-@pytest.mark.parametrize("algo", ["direct", "toeplitz"])
-def test_cuda_schedule_binds_blocks_threads_and_shared_memory(algo):
+def _cuda_source(func) -> str:
     cuda = get_target("cuda", cuda_arch="sm_86")
-    func, *_ = _te_func(64, 56, 56, algo, "hw")
     sch = OversizedConvCuda().apply(func, cuda.target, False)
     executable = tvm.compile(sch.mod, target=cuda.target)
     kernels = [m for m in executable.mod.imports if m.kind == "cuda"]
     source = kernels[0].inspect_source()
-    assert "blockIdx.x" in source and "blockIdx.y" in source and "threadIdx.x" in source
+    assert "blockIdx.x" in source and "threadIdx.x" in source
     assert "__shared__" in source and "__syncthreads" in source
+    return source
+
+
+def test_cuda_toeplitz_schedule_binds_blocks_threads_and_shared_memory():
+    func, *_ = _te_func(64, 56, 56, "toeplitz", "hw")
+    source = _cuda_source(func)
+    assert "blockIdx.y" in source
     assert "__launch_bounds__(224)" in source  # 4 rows x 56 columns: not a single-thread fallback
+
+
+@pytest.mark.parametrize("passes", ["hw", "h", "w"])
+def test_cuda_direct_schedule_keeps_register_tiles(passes):
+    """56x56 maps: a block per channel map, 8 outputs per thread accumulated in registers along
+    the sliding window, and the rows the W pass reads down their columns padded to an odd stride."""
+    func, *_ = _te_func(64, 56, 56, "direct", passes)
+    source = _cuda_source(func)
+    assert "__launch_bounds__(392)" in source  # 56 x 56 outputs / 8 per thread
+    accumulators = re.findall(r"float (\w+_local_ptr)\[(\d+)\];", source)
+    assert len(accumulators) == len(passes) and all(size == "8" for _, size in accumulators)
+    assert "for (int r" not in source  # the reduction is unrolled: taps are reused from registers
+    if "w" in passes:
+        assert "* 57)" in source  # 56-float rows stored with a stride of 57
