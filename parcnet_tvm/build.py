@@ -10,7 +10,7 @@ import torch
 import tvm
 from tvm import relax
 
-from schedules import apply_hand_schedules
+from schedules import apply_hand_schedules, mark_depthwise_convs
 
 from . import manifest as manifest_io
 from .checkpoint import load_checkpoint
@@ -94,7 +94,10 @@ def fused_module(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool =
     else:
         # Weight-only subexpressions (the Linear weights' transposes) are computed once, here.
         mod = relax.transform.FoldConstant()(mod)
-    return legalize_and_fuse(mod, named_target, exact_math)
+    mod = legalize_and_fuse(mod, named_target, exact_math)
+    if named_target.target.kind.name == "cuda":
+        mod = mark_depthwise_convs(mod)  # tuned within our schedule of them, not MetaSchedule's generic one
+    return mod
 
 
 def prepare_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,

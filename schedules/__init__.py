@@ -1,8 +1,10 @@
-"""Hand-written schedules for the oversized depth-wise convolution, one module per target family.
+"""Hand-written schedules: the oversized depth-wise convolution, one module per target family;
+CUDA's small depth-wise convs; the CPU fallback for every other op of an untuned build.
 
 Each rule is a dlight `ScheduleRule` (pattern check + schedule): `apply_hand_schedules` uses
 them for untuned builds, and `register_metaschedule_rules` hands the same code to
-MetaSchedule as the design space of our op's tasks, with tile sizes as sampled knobs.
+MetaSchedule as the design space of the blocks annotated for it (our op, and on CUDA the
+depth-wise convs), with tile sizes as sampled knobs.
 """
 
 from __future__ import annotations
@@ -11,26 +13,27 @@ import tvm
 import tvm_ffi
 from tvm.s_tir.dlight import ApplyDefaultSchedule
 
-from parcnet_tvm.oversized import SCHEDULE_RULE
-
 from .arm import OversizedConvArm
 from .cpu_fallback import ParallelVectorizeFallback
 from .cuda import OversizedConvCuda
+from .cuda_depthwise import DepthwiseConvCuda, mark_depthwise_convs
 from .x86 import OversizedConvX86
 
-RULES = (OversizedConvArm(), OversizedConvX86(), OversizedConvCuda())
-# Tried after ours, on whatever is left unscheduled (CPU only: for CUDA, TVM's pipeline
-# applies dlight's GPU rules to the rest).
-FALLBACKS = (ParallelVectorizeFallback(),)
+OVERSIZED_ARM, OVERSIZED_X86, OVERSIZED_CUDA = OversizedConvArm(), OversizedConvX86(), OversizedConvCuda()
+DEPTHWISE_CUDA = DepthwiseConvCuda()
+# Tried in this order on every PrimFunc not scheduled yet: our op; on CPUs every other op by
+# the fallback; on CUDA the small depth-wise convs, which dlight has no rule for (TVM's
+# pipeline applies dlight's GPU rules to the rest).
+RULES = (OVERSIZED_ARM, OVERSIZED_X86, OVERSIZED_CUDA, ParallelVectorizeFallback(), DEPTHWISE_CUDA)
 # MetaSchedule looks up "s_tir.meta_schedule.<target key>.<schedule_rule>" for each key of
 # the target in order: ARM targets have keys (arm_cpu, cpu), x86 (cpu), CUDA (cuda, gpu).
-TARGET_KEYS = {"arm_cpu": RULES[0], "cpu": RULES[1], "cuda": RULES[2]}
+TUNABLE_RULES = {"arm_cpu": (OVERSIZED_ARM,), "cpu": (OVERSIZED_X86,), "cuda": (OVERSIZED_CUDA, DEPTHWISE_CUDA)}
 
 
 def apply_hand_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Schedule every PrimFunc of a legalized, fused `mod` that is not scheduled yet (untuned
     or missing from the tuning database): our op by its rule, the rest by the fallback."""
-    rules = [rule for rule in (*RULES, *FALLBACKS) if rule.is_target_available(target)]
+    rules = [rule for rule in RULES if rule.is_target_available(target)]
     with target:
         return ApplyDefaultSchedule(*rules)(mod)
 
@@ -40,7 +43,7 @@ def _register(key: str, rule) -> None:
         target = tvm.target.Target.current(allow_none=True) or _target_for(key)
         return rule.apply_to(sch, target)
 
-    tvm_ffi.register_global_func(f"s_tir.meta_schedule.{key}.{SCHEDULE_RULE}", custom_rule, override=True)
+    tvm_ffi.register_global_func(f"s_tir.meta_schedule.{key}.{rule.name}", custom_rule, override=True)
 
 
 def _target_for(key: str) -> tvm.target.Target:
@@ -50,8 +53,9 @@ def _target_for(key: str) -> tvm.target.Target:
 
 
 def register_metaschedule_rules() -> None:
-    for key, rule in TARGET_KEYS.items():
-        _register(key, rule)
+    for key, rules in TUNABLE_RULES.items():
+        for rule in rules:
+            _register(key, rule)
 
 
 register_metaschedule_rules()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import OversizedRule
+from .common import HandRule
 from .cpu_tiling import CpuLimits, schedule_cpu
 
 NEON_LIMITS = CpuLimits(lanes=4, accumulator_vectors=8, max_col_vectors=4)
@@ -21,7 +21,7 @@ def is_arm(target: Target) -> bool:
                                            str(target.attrs.get("mtriple", "")).startswith("arm"))
 
 
-class OversizedConvArm(OversizedRule):
+class OversizedConvArm(HandRule):
     def is_target_available(self, target: Target) -> bool:
         return is_arm(target)
 

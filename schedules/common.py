@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 
 from parcnet_tvm.oversized import H_BLOCK, SCHEDULE_RULE, W_BLOCK
@@ -31,6 +32,10 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in divisors(n) if d <= limit)
+
+
 def knob(sch: s_tir.Schedule, candidates: list[int], default: int, tunable: bool):
     """A tile size: the default when building untuned, a MetaSchedule-sampled choice when tuning."""
     if not tunable or len(candidates) == 1:
@@ -45,19 +50,25 @@ def mark_root_untouchable(sch: s_tir.Schedule) -> None:
     sch.annotate(root, "schedule_rule", "None")
 
 
-class OversizedRule(ScheduleRule):
-    """A target family's schedule of our op, usable both ways: `apply` (dlight, untuned builds:
-    fixed tiles) and `apply_to` (MetaSchedule's custom rule: sampled tiles)."""
+class HandRule(ScheduleRule):
+    """A hand schedule of one kind of op for one target family, usable both ways: `apply`
+    (dlight, untuned builds: fixed tiles) and `apply_to` (MetaSchedule's custom rule for the
+    blocks annotated with `schedule_rule` = `name`: sampled tiles)."""
+
+    name = SCHEDULE_RULE  # our oversized op's; other ops' rules say their own
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
-        """Schedule our op in `sch` in place; False when `sch` holds none."""
+        """Schedule the op in `sch` in place; False when `sch` holds none."""
         raise NotImplementedError
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
-        return sch if self.schedule(sch, target, tunable) else None
+        try:
+            return sch if self.schedule(sch, target, tunable) else None
+        except ScheduleError:  # a shape the primitives refuse: leave the func to the next rule
+            return None
 
     def apply_to(self, sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule]:
         # MetaSchedule calls the rule once per annotated block; the first call schedules the

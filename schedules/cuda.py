@@ -26,7 +26,7 @@ import math
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import OversizedRule, divisors, knob, mark_root_untouchable, oversized_blocks
+from .common import HandRule, divisors, knob, largest_divisor, mark_root_untouchable, oversized_blocks
 
 MAX_THREADS = 1024
 DEFAULT_THREADS = 256  # enough warps per block to hide shared-memory latency
@@ -37,7 +37,7 @@ BLOCK_LOOPS = 2  # the loops bound to blockIdx (x: image x channel group, y: row
 
 # ----------------------------------------------------------------- shared by both schedules
 
-def _stage_in_shared(sch: s_tir.Schedule, block, at_loop, thread_factors, skip: set[str],
+def stage_in_shared(sch: s_tir.Schedule, block, at_loop, thread_factors, skip: set[str],
                      pad_rows: bool = False) -> None:
     """Cache every buffer `block` reads (except `skip`) in shared memory under `at_loop`,
     loaded cooperatively by the block's threads: the copy loop is split by `thread_factors`
@@ -95,12 +95,12 @@ def _schedule_toeplitz(sch: s_tir.Schedule, h_block, w_block, output, tunable: b
     sch.bind(channel, "blockIdx.x")
     sch.bind(row_tile, "blockIdx.y")
     intermediate = {str(sch.get(h_block).writes[0].source.name)} if fused else set()
-    _stage_in_shared(sch, output, row_tile, [rows, width], skip=intermediate)
+    stage_in_shared(sch, output, row_tile, [rows, width], skip=intermediate)
     _one_output_per_thread(sch, output, [row, j])
     if fused:
         sch.compute_at(h_block, row_tile, preserve_unit_loops=True)
         sch.set_scope(h_block, 0, "shared")
-        _stage_in_shared(sch, h_block, row_tile, [rows, width], skip=set())
+        stage_in_shared(sch, h_block, row_tile, [rows, width], skip=set())
         _, _, h_rows, h_cols, _ = sch.get_loops(h_block)[BLOCK_LOOPS:]  # (n, c, rows, columns, r)
         _one_output_per_thread(sch, h_block, [h_rows, h_cols])
 
@@ -110,7 +110,7 @@ def _schedule_toeplitz(sch: s_tir.Schedule, h_block, w_block, output, tunable: b
 def direct_tile(rows: int, width: int) -> int:
     """Outputs per thread: the largest common divisor of the block's rows and the width up to
     MAX_TILE, so both passes split evenly and have the same thread count."""
-    return max(d for d in divisors(math.gcd(rows, width)) if d <= MAX_TILE)
+    return largest_divisor(math.gcd(rows, width), MAX_TILE)
 
 
 def _padded(width: int) -> int:
@@ -181,12 +181,12 @@ def _schedule_direct(sch: s_tir.Schedule, h_block, w_block, output, tunable: boo
     sch.bind(row_tile, "blockIdx.y")
     thread_factors = [group, threads_per_channel]
     intermediate = {str(sch.get(h_block).writes[0].source.name)} if fused else set()
-    _stage_in_shared(sch, output, row_tile, thread_factors, skip=intermediate, pad_rows=passes == "w")
+    stage_in_shared(sch, output, row_tile, thread_factors, skip=intermediate, pad_rows=passes == "w")
     _register_tile(sch, output, c_in, row, j, r, "rows" if passes == "h" else "cols", tile)
     if fused:
         sch.compute_at(h_block, row_tile, preserve_unit_loops=True)
         sch.set_scope(h_block, 0, "shared")
-        _stage_in_shared(sch, h_block, row_tile, thread_factors, skip=set())
+        stage_in_shared(sch, h_block, row_tile, thread_factors, skip=set())
         h_n, h_c, h_rows, h_cols, h_r = sch.get_loops(h_block)[BLOCK_LOOPS:]
         write_back = _register_tile(sch, h_block, sch.fuse(h_n, h_c), h_rows, h_cols, h_r, "rows", tile)
         # The W pass reads these rows column-wise: an odd row stride spreads them over the banks.
@@ -207,7 +207,7 @@ def schedule_cuda(sch: s_tir.Schedule, tunable: bool) -> bool:
     return True
 
 
-class OversizedConvCuda(OversizedRule):
+class OversizedConvCuda(HandRule):
     def is_target_available(self, target: Target) -> bool:
         return target.kind.name == "cuda"
 

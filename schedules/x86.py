@@ -7,7 +7,7 @@ from tvm.target import Target
 
 from parcnet_tvm.targets import X86_CPUS
 
-from .common import OversizedRule
+from .common import HandRule
 from .cpu_tiling import CpuLimits, schedule_cpu
 
 
@@ -27,7 +27,7 @@ def is_x86(target: Target) -> bool:
         not str(target.attrs.get("mtriple", "x86")).startswith(("arm", "aarch64"))
 
 
-class OversizedConvX86(OversizedRule):
+class OversizedConvX86(HandRule):
     def is_target_available(self, target: Target) -> bool:
         return is_x86(target)
 

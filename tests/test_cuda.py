@@ -7,6 +7,8 @@ import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 
+from schedules.cuda_depthwise import DepthwiseConvCuda
+
 from parcnet_tvm.build import fused_module, prepare_model
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.targets import get_target, local_cuda_arch
@@ -52,6 +54,52 @@ def test_cuda_tuning_candidates_compile_without_a_gpu(imported_xt, tmp_path, onl
     # every candidate compiled (MetaSchedule may measure a few past the budget's 8)
     assert summary.trials_new >= 8 and len(runner.artifacts) == summary.trials_new
     assert len(open_database(tmp_path).get_all_tuning_records()) == summary.trials_new
+
+
+def _depthwise_kernels(imported_xt):
+    """{name: (unscheduled PrimFunc, our scheduled module or None)} for XT's PrimFuncs that hold
+    a grouped conv, on CUDA."""
+    named = get_target("cuda", cuda_arch="sm_90")
+    fused = fused_module(imported_xt, named)
+    kernels = {}
+    for var, func in fused.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc) and "group_conv2d_nchw" in func.script():
+            func = func.with_attr("global_symbol", var.name_hint)
+            sch = DepthwiseConvCuda().apply(func, named.target, False)
+            kernels[var.name_hint] = (func, None if sch is None else sch.mod)
+    return kernels
+
+
+def test_depthwise_convs_get_our_cuda_schedule(imported_xt):
+    """dlight has no rule for the 7x7 depth-wise convs (it gives every output its own thread
+    block); ours matches each of XT's, with the add and gate after it, and compiles to one
+    kernel that stages the padded maps in shared memory."""
+    named = get_target("cuda", cuda_arch="sm_90")
+    kernels = _depthwise_kernels(imported_xt)
+    assert len(kernels) == 4  # one per stage
+    for name, (_, scheduled) in kernels.items():
+        assert scheduled is not None, f"{name} was not matched"
+        source = tvm.compile(scheduled, target=named.target).mod.imports[0].inspect_source()
+        assert source.count("__global__") == 2  # declaration + definition of one kernel
+        assert "pad_temp_shared" in source and "__syncthreads" in source
+        # output, input, taps and the two inputs of the fused add and gate: one kernel for all
+        assert source.split("_kernel(")[1].split(")")[0].count("float*") == 5
+
+
+def test_depthwise_convs_are_tuned_within_our_schedule(imported_xt, tmp_path):
+    """CUDA builds mark the depth-wise convs for our rule, so MetaSchedule's candidates for them
+    are our schedule with sampled channel groups (they compile), not its generic tiling."""
+    named = get_target("cuda", cuda_arch="sm_90")
+    fused = fused_module(imported_xt, named)
+    names = tuple(_depthwise_kernels(imported_xt))
+    measurement = Measurement("local", PooledBuilder(2), BuiltOnlyRunner(), "no GPU: compile only")
+    summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 4, 4), measurement, only=names,
+                                log=lambda *_: None)
+    assert summary.trials_new >= 8
+    for record in open_database(tmp_path).get_all_tuning_records():
+        sch = tvm.s_tir.Schedule(record.workload.mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        assert "pad_temp_shared" in sch.mod.script()  # our staging of the padded maps
 
 
 # ---------------------------------------------------------------- on a GPU (skipped in CI)
@@ -149,3 +197,18 @@ def test_every_kernel_of_the_default_cuda_build_matches_its_cpu_build():
         if not error <= 1e-3:
             wrong[name] = error
     assert not wrong, f"CUDA kernels that differ from their CPU build: {wrong}"
+
+
+@needs_gpu
+def test_our_depthwise_kernels_match_their_cpu_build(imported_xt):
+    rng = np.random.default_rng(0)
+    cuda, cpu = get_target("cuda"), get_target("x86")
+    for name, (func, scheduled) in _depthwise_kernels(imported_xt).items():
+        values = [rng.standard_normal([int(d) for d in func.buffer_map[p].shape]).astype("float32")
+                  for p in func.params]
+        outputs = []
+        for target, device, mod in ((cuda, tvm.cuda(0), scheduled), (cpu, tvm.cpu(0), tvm.IRModule({name: func}))):
+            args = [tvm.runtime.tensor(v, device) for v in values]
+            tvm.compile(mod, target=target.target)[name](*args)
+            outputs.append(args[-1].numpy())
+        assert np.abs(outputs[0] - outputs[1]).max() <= 1e-4, name
