@@ -51,7 +51,8 @@ def tune_shape(shape_row: dict, named_target: NamedTarget, work_dir, trials: int
     channels, height, width = shape_row["channels"], shape_row["height"], shape_row["width"]
     weight_h = np.zeros((channels, 1, 2 * height - 1, 1), np.float32)
     weight_w = np.zeros((channels, 1, 1, 2 * width - 1), np.float32)
-    mod, _, _ = rewrite_oversized_convs(conv_pair_module(weight_h, weight_w, (batch, channels, height, width)))
+    mod, _, _ = rewrite_oversized_convs(conv_pair_module(weight_h, weight_w, (batch, channels, height, width)),
+                                        target_kind=named_target.target.kind.name)
     tune_oversized_ops(mod, named_target, work_dir, trials)
 
 

@@ -79,7 +79,8 @@ def fused_module(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool =
                  oversized_algo: str = "auto", exact_math: bool = False, log=None) -> tvm.IRModule:
     """Steps 1-2 of `prepare_relax`: the module MetaSchedule extracts its tasks from."""
     if custom_op:
-        mod, replaced, algos = rewrite_oversized_convs(mod, oversized_algo)
+        mod, replaced, algos = rewrite_oversized_convs(mod, oversized_algo,
+                                                       target_kind=named_target.target.kind.name)
         if log:
             used = ", ".join(f"{algos.count(a)} {a}" for a in sorted(set(algos)))
             log(f"      replaced {replaced} oversized conv pairs with our op ({used or 'none'})")

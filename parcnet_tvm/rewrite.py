@@ -58,8 +58,10 @@ def oversized_shape(conv_h, conv_w, data) -> tuple[int, int, int, int] | None:
     return (batch, channels, height, width) if h_ok and w_ok else None
 
 
-def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: str = "main"):
-    """Replace every oversized conv pair in `func_name`; returns (new module, count, algos used)."""
+def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: str = "main",
+                            target_kind: str = "llvm"):
+    """Replace every oversized conv pair in `func_name`, with the algorithm `algo` resolves to
+    for the target kind; returns (new module, count, algos used)."""
     pattern, data_p, weight_h_p, weight_w_p, conv_h_p = _pattern()
     builder = relax.BlockBuilder(mod)  # adds our PrimFuncs with typed GlobalVars
     gvars: dict[str, relax.GlobalVar] = {}
@@ -70,7 +72,7 @@ def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: st
         if shape is None:
             return expr
         batch, channels, height, width = shape
-        chosen = choose_algo(algo, channels, height, width)
+        chosen = choose_algo(algo, channels, height, width, target_kind)
         constants = weight_constants(chosen, "hw", const_value(matches[weight_h_p]),
                                      const_value(matches[weight_w_p]), height, width)
         x = te.placeholder(shape, "float32", name="x")

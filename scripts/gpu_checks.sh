@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every CUDA check that needs a GPU, in one go (a GPU is often lent for minutes only):
 #   trace   XT at 64 (our build), kernel call by kernel call against the same graph built for the CPU
-#   tests   the GPU tests (our kernels for every tile size, a verified library, bench's CUDA worker)
+#   tests   the GPU tests only (pytest -m gpu: our kernels for every knob value, the depth-wise
+#           kernels, a verified library, bench's CUDA worker)
 #   op      our oversized op against PyTorch's cuDNN depth-wise conv (scripts/bench_op.py)
-#   tune    a short MetaSchedule run of T at batch 32 (TUNE_MIN minutes, default 2), built and verified
-#   bench   scripts/bench.py --target cuda for XT and T at batch 32, then batch 1
+#   tune    MetaSchedule on T at batch 32 for TUNE_MIN minutes (default 4), built and verified;
+#           it continues the log in tuning_logs/t-cuda-224-b32 when there is one
+#   bench   scripts/bench.py --target cuda for T and XT at batch 32, then batch 1
 # Usage: bash scripts/gpu_checks.sh OUT_DIR [STEP ...]   (default: all steps, in that order)
 # Each step writes its log (and JSON/PNG) to OUT_DIR; a failing step does not stop the next.
 set -uo pipefail
@@ -32,9 +34,9 @@ for step in $steps; do
         # -p no:logging: pytest's capture handlers have no names, and MetaSchedule's logger setup
         # (a second tuning run in one process) fails on a handler without a name.
         trace) run_step trace python3 scripts/trace_kernels.py --target cuda --model xt --size 64 --batch 2 ;;
-        tests) run_step tests python3 -m pytest -q -rs -p no:logging tests/test_cuda.py ;;
+        tests) run_step tests python3 -m pytest -q -rs -p no:logging -m gpu tests/test_cuda.py ;;
         op) run_step bench_op python3 scripts/bench_op.py --target cuda --model xt t --batch 32 --json "$out/bench_op_cuda.json" ;;
-        tune) run_step tune python3 scripts/tune.py --target cuda --model t --batch 32 --time-budget "${TUNE_MIN:-2}" \
+        tune) run_step tune python3 scripts/tune.py --target cuda --model t --batch 32 --time-budget "${TUNE_MIN:-4}" \
                   --compare 0 -o build/bench/parcnetv2_t-cuda-224x224-b32-tuned.so
               mkdir -p "$out/t-cuda-224-b32" && cp tuning_logs/t-cuda-224-b32/*.json "$out/t-cuda-224-b32/" ;;
         bench|bench32) run_step bench_b32 python3 scripts/bench.py --target cuda --model t xt --batch 32 --repeat 20 \
