@@ -27,8 +27,9 @@ def stage_shapes(models, input_size=224) -> list[dict]:
     for name in models:
         variant = VARIANTS[variant_key(name)]
         for stage, (channels, (height, width)) in enumerate(zip(variant.dims, stage_map_sizes(size))):
-            rows.append({"model": variant.name, "stage": stage + 1, "channels": channels,
-                         "height": height, "width": width, "taps_h": 2 * height - 1, "taps_w": 2 * width - 1})
+            rows.append({"model": variant.name, "stage": stage + 1, "blocks": variant.depths[stage],
+                         "channels": channels, "height": height, "width": width,
+                         "taps_h": 2 * height - 1, "taps_w": 2 * width - 1})
     return rows
 
 
@@ -56,10 +57,45 @@ def tune_shape(shape_row: dict, named_target: NamedTarget, work_dir, trials: int
     tune_oversized_ops(mod, named_target, work_dir, trials)
 
 
+def _cuda_graph_replay(fn):
+    """`fn`'s GPU work captured once in a CUDA graph; returns the replay (PyTorch's recipe:
+    warm up on a side stream first)."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def _time_pytorch(fn, gpu: bool, repeat: int, number: int) -> float:
+    with torch.no_grad():
+        run = _cuda_graph_replay(fn) if gpu else fn
+        sync = torch.cuda.synchronize if gpu else None
+        return measure_ms(run, repeat=repeat, warmup=3, sync=sync, number=number)["median_ms"]
+
+
+def _time_tvm(vm, x_tvm, device, gpu: bool, repeat: int, number: int) -> float:
+    main = vm["main"]
+    if gpu:
+        main(x_tvm)  # warm-up
+        return vm.time_evaluator("main", device, number=number, repeat=repeat)(x_tvm).median * 1e3
+    return measure_ms(lambda: main(x_tvm), repeat=repeat, warmup=3, sync=device.sync, number=number)["median_ms"]
+
+
 def bench_shape(shape_row: dict, named_target: NamedTarget, impls=IMPLS, batch: int = 1,
                 repeat: int = 20, number: int = 10, check: bool = True, tuning_log=None) -> list[dict]:
     """Time every impl on one stage shape, same input and threads; checks each against PyTorch.
 
+    On CPUs each call is timed from Python. On a GPU a call from Python costs ~10 us, more
+    than the kernels of the smaller stages, so both sides are timed without it: PyTorch's two
+    cuDNN calls replayed from a CUDA graph, TVM's op by the VM's own timer (a C++ loop).
     'ours-tuned' uses the schedules recorded in `tuning_log` (hand schedules where it has none)."""
     channels, height, width = shape_row["channels"], shape_row["height"], shape_row["width"]
     shape = (batch, channels, height, width)
@@ -75,16 +111,15 @@ def bench_shape(shape_row: dict, named_target: NamedTarget, impls=IMPLS, batch: 
 
     with torch.no_grad():
         expected = pytorch().numpy()
-    torch_sync = None
-    if named_target.name == "cuda":  # PyTorch's baseline on the GPU: cuDNN's depth-wise conv
+    gpu = named_target.name == "cuda"
+    if gpu:  # PyTorch's baseline on the GPU: cuDNN's depth-wise conv
         x_t, wh_t, ww_t = x_t.cuda(), wh_t.cuda(), ww_t.cuda()
-        torch_sync = torch.cuda.synchronize
     torch.set_num_threads(host_cores())
     device = named_target.device()
     rows = []
     for impl in impls:
         if impl == "pytorch":
-            run, sync = pytorch, torch_sync
+            median = _time_pytorch(pytorch, gpu, repeat, number)
         else:
             custom_op = impl != "tvm-generic"
             algo = impl.split("-", 1)[1] if custom_op and impl != TUNED else "auto"
@@ -93,35 +128,42 @@ def bench_shape(shape_row: dict, named_target: NamedTarget, impls=IMPLS, batch: 
                                        tvm_default=not custom_op)
             vm = load_vm(executable, device)
             x_tvm = tvm.runtime.tensor(x, device)
-            main = vm["main"]
             if check:
-                error = float(np.abs(main(x_tvm).numpy() - expected).max())
+                error = float(np.abs(vm["main"](x_tvm).numpy() - expected).max())
                 if error > 1e-4:
                     raise AssertionError(f"{impl} differs from PyTorch by {error:.3g} on {shape}")
-
-            def run(main=main, x_tvm=x_tvm):
-                return main(x_tvm)
-
-            sync = device.sync
-        with torch.no_grad():
-            timing = measure_ms(run, repeat=repeat, warmup=3, sync=sync, number=number)
-        rows.append(dict(shape_row, impl=impl, median_ms=timing["median_ms"]))
+            median = _time_tvm(vm, x_tvm, device, gpu, repeat, number)
+        rows.append(dict(shape_row, impl=impl, median_ms=median))
     return rows
 
 
+def _ratio(group: dict) -> str:
+    """PyTorch's time over ours: the default build's op (ours-auto), else the fastest of ours run."""
+    ours = group.get("ours-auto") or min((ms for impl, ms in group.items() if impl.startswith("ours")), default=None)
+    return f"{group['pytorch'] / ours:.1f}x" if ours and "pytorch" in group else "-"
+
+
 def format_table(rows: list[dict]) -> str:
+    """One line per stage shape, and per model a line for a whole forward pass: each stage's
+    time times its number of blocks (the stages' shares of the op's time in the model)."""
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     lines = ["| model | stage | C | HxW | taps | " + " | ".join(f"{i} ms" for i in impls) + " | speedup vs pytorch |",
              "|---" * (6 + len(impls)) + "|"]
-    keys = list(dict.fromkeys((r["model"], r["stage"]) for r in rows))
-    for key in keys:
-        group = {r["impl"]: r for r in rows if (r["model"], r["stage"]) == key}
-        first = next(iter(group.values()))
-        cells = [f"{group[i]['median_ms']:.4f}" if i in group else "-" for i in impls]
-        # The default build's op (ours-auto), else the fastest of ours that was run.
-        ours = group.get("ours-auto") or min((r for i, r in group.items() if i.startswith("ours")),
-                                             key=lambda r: r["median_ms"], default=None)
-        ratio = f"{group['pytorch']['median_ms'] / ours['median_ms']:.1f}x" if ours and "pytorch" in group else "-"
-        lines.append(f"| {first['model']} | {first['stage']} | {first['channels']} | {first['height']}x{first['width']} "
-                     f"| {first['taps_h']}+{first['taps_w']} | " + " | ".join(cells) + f" | {ratio} |")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        stages = list(dict.fromkeys(r["stage"] for r in rows if r["model"] == model))
+        totals: dict = {}
+        for stage in stages:
+            group = {r["impl"]: r for r in rows if (r["model"], r["stage"]) == (model, stage)}
+            first = next(iter(group.values()))
+            times = {impl: r["median_ms"] for impl, r in group.items()}
+            for impl, ms in times.items():
+                totals[impl] = totals.get(impl, 0.0) + first["blocks"] * ms
+            cells = [f"{times[i]:.4f}" if i in times else "-" for i in impls]
+            lines.append(f"| {model} | {stage} | {first['channels']} | {first['height']}x{first['width']} "
+                         f"| {first['taps_h']}+{first['taps_w']} | " + " | ".join(cells) + f" | {_ratio(times)} |")
+        if len(stages) == 4:
+            blocks = "+".join(str(next(r["blocks"] for r in rows if (r["model"], r["stage"]) == (model, s)))
+                              for s in stages)
+            cells = [f"{totals[i]:.4f}" if i in totals else "-" for i in impls]
+            lines.append(f"| {model} | all ({blocks} blocks) | | | | " + " | ".join(cells) + f" | {_ratio(totals)} |")
     return "\n".join(lines)

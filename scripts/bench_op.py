@@ -40,7 +40,8 @@ def main(argv=None):
     if named_target.name == "cuda":
         import torch
 
-        gpu = f" ({torch.cuda.get_device_name(0)}, PyTorch's conv: cuDNN {torch.backends.cudnn.version()})"
+        gpu = (f" ({torch.cuda.get_device_name(0)}, PyTorch's conv: cuDNN {torch.backends.cudnn.version()}; "
+               "timed without Python's per-call cost: PyTorch from a CUDA graph, TVM by the VM's C++ timer)")
     print(f"machine: {cpu_model_name()}, {host_cores()} threads, {platform.machine()}; "
           f"target {named_target.description}{gpu}; batch {args.batch}")
     if args.tune_trials and not args.tuning_log:

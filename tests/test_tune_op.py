@@ -47,7 +47,25 @@ def test_bench_op_script_writes_rows(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())
     assert len(rows) == 8  # 4 stages x 2 impls
-    keys = {"model", "stage", "channels", "height", "width", "taps_h", "taps_w", "impl", "median_ms"}
+    keys = {"model", "stage", "blocks", "channels", "height", "width", "taps_h", "taps_w", "impl", "median_ms"}
     assert all(set(r) == keys and r["median_ms"] > 0 for r in rows)
     assert {r["taps_h"] for r in rows} == {31, 15, 7, 3}
     assert "| parcnetv2_xt | 1 | 48 | 16x16 | 31+31 |" in done.stdout
+    # the whole forward pass: each stage's time times its blocks (XT: 3+3+9+2)
+    total = next(line for line in done.stdout.splitlines() if "all (3+3+9+2 blocks)" in line)
+    expected = sum(r["blocks"] * r["median_ms"] for r in rows if r["impl"] == "pytorch")
+    assert abs(float(total.split("|")[6]) - expected) < 1e-3
+
+
+def test_gpu_timing_path_reads_the_vm_timer_in_ms():
+    """bench_op times TVM on a GPU with the VM's own timer; the same call on the CPU: a C++
+    loop of `number` calls per sample, the median returned in ms."""
+    from parcnet_tvm.bench_op import _time_tvm
+
+    rng = np.random.default_rng(0)
+    weight = (0.1 * rng.standard_normal((4, 1, 15, 1))).astype(np.float32)
+    module, _, _ = rewrite_oversized_convs(conv_pair_module(weight, weight.reshape(4, 1, 1, 15), (1, 4, 8, 8)))
+    vm = load_vm(compile_relax(module, get_target("x86")), tvm.cpu())
+    x = tvm.runtime.tensor(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
+    ms = _time_tvm(vm, x, tvm.cpu(), gpu=True, repeat=3, number=5)
+    assert 0 < ms < 50
