@@ -6,8 +6,12 @@
 #   op      our oversized op against PyTorch's cuDNN depth-wise conv (scripts/bench_op.py)
 #   tune    MetaSchedule on T at batch 32 for TUNE_MIN minutes (default 4), built and verified;
 #           it continues the log in tuning_logs/t-cuda-224-b32 when there is one
-#   bench   scripts/bench.py --target cuda for T and XT at batch 32, then batch 1
-# Usage: bash scripts/gpu_checks.sh OUT_DIR [STEP ...]   (default: all steps, in that order)
+#   bench   scripts/bench.py --target cuda for T and XT at batch 32, then batch 1, with the
+#           backends in BENCH_BACKENDS (default: all; e.g. "pytorch-eager tvm-ours tvm-tuned"
+#           when GPU time is short)
+#   kernels TVM's default CUDA build kernel by kernel against its CPU build (diagnosis only,
+#           not in the default steps: it compiles every kernel twice)
+# Usage: bash scripts/gpu_checks.sh OUT_DIR [STEP ...]   (default: trace tests op tune bench)
 # Each step writes its log (and JSON/PNG) to OUT_DIR; a failing step does not stop the next.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,16 +38,19 @@ for step in $steps; do
         # -p no:logging: pytest's capture handlers have no names, and MetaSchedule's logger setup
         # (a second tuning run in one process) fails on a handler without a name.
         trace) run_step trace python3 scripts/trace_kernels.py --target cuda --model xt --size 64 --batch 2 ;;
-        tests) run_step tests python3 -m pytest -q -rs -p no:logging -m gpu tests/test_cuda.py ;;
+        tests) run_step tests python3 -m pytest -q -rs -p no:logging -m gpu tests/test_cuda.py \
+                   -k "not every_kernel_of_the_default_cuda_build" ;;
+        kernels) run_step kernels python3 -m pytest -q -rs -p no:logging tests/test_cuda.py \
+                     -k "every_kernel_of_the_default_cuda_build" ;;
         op) run_step bench_op python3 scripts/bench_op.py --target cuda --model xt t --batch 32 --json "$out/bench_op_cuda.json" ;;
         tune) run_step tune python3 scripts/tune.py --target cuda --model t --batch 32 --time-budget "${TUNE_MIN:-4}" \
                   --compare 0 -o build/bench/parcnetv2_t-cuda-224x224-b32-tuned.so
               mkdir -p "$out/t-cuda-224-b32" && cp tuning_logs/t-cuda-224-b32/*.json "$out/t-cuda-224-b32/" ;;
         bench|bench32) run_step bench_b32 python3 scripts/bench.py --target cuda --model t xt --batch 32 --repeat 20 \
-                           --max-seconds 3 --json "$out/bench_cuda_b32.json" --plot "$out/bench_cuda_b32.png" ;;&
+                           --max-seconds 3 ${BENCH_BACKENDS:+--backends $BENCH_BACKENDS} --json "$out/bench_cuda_b32.json" --plot "$out/bench_cuda_b32.png" ;;&
         bench|bench1) run_step bench_b1 python3 scripts/bench.py --target cuda --model t xt --batch 1 --repeat 30 \
-                          --max-seconds 3 --json "$out/bench_cuda_b1.json" --plot "$out/bench_cuda_b1.png" ;;
+                          --max-seconds 3 ${BENCH_BACKENDS:+--backends $BENCH_BACKENDS} --json "$out/bench_cuda_b1.json" --plot "$out/bench_cuda_b1.png" ;;
         bench32) ;;
-        *) echo "unknown step $step (trace, tests, op, tune, bench, bench32, bench1)" ;;
+        *) echo "unknown step $step (trace, tests, op, tune, bench, bench32, bench1, kernels)" ;;
     esac
 done
