@@ -16,7 +16,8 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .common import HandRule, divisors, knob, largest_divisor, mark_root_untouchable
-from .cuda import MAX_TILE, SHARED_BYTES, channel_group_candidates, default_channel_group, stage_in_shared
+from .cuda import (BLOCK_LOOPS, MAX_TILE, SHARED_BYTES, channel_group_candidates, default_channel_group,
+                   stage_in_shared)
 
 CONV_BLOCK = "group_conv2d_nchw"  # TOPI's name for grouped (here depth-wise) NCHW convs
 MAX_TAPS = 81  # kernels up to 9x9: the unrolled kernel loops stay small
@@ -113,7 +114,7 @@ def schedule_depthwise(sch: s_tir.Schedule, tunable: bool) -> bool:
     # The zero-padded maps of the block's channels, built in shared memory by all its threads.
     sch.set_scope(pad, 0, "shared")
     sch.compute_at(pad, y_block, preserve_unit_loops=True)
-    fused = sch.fuse(*sch.get_loops(pad)[2:])
+    fused = sch.fuse(*sch.get_loops(pad)[BLOCK_LOOPS:])
     _, *threads = sch.split(fused, [None, group, threads_per_channel])
     sch.bind(sch.fuse(*threads), "threadIdx.x")
     already_shared = {str(sch.get(pad).writes[0].source.name)}
