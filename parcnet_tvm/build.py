@@ -46,6 +46,7 @@ class BuildRequest:
     tvm_default: bool = False     # TVM's default build of everything: the untuned baseline
     tuning_log: object = None     # a tuning log dir (or a list of them) to apply
     exact_math: bool = False      # keep libm erf in GELU instead of the fast polynomial
+    cuda_graph: bool = True       # CUDA: replay the kernels from a CUDA graph (see compile_relax)
 
     def output_path(self) -> Path:
         if self.output:
@@ -138,13 +139,24 @@ def legalize_and_fuse(mod: tvm.IRModule, named_target: NamedTarget | None = None
     ])(mod)
 
 
+def uses_cuda_graph(named_target: NamedTarget, cuda_graph: bool = True, tvm_default: bool = False) -> bool:
+    """CUDA builds of our pipeline launch their kernels from a CUDA graph: the VM otherwise
+    launches each of the ~300 kernels of a forward pass from the host, which is most of the
+    time at batch 1. TVM's default build (the untuned baseline) keeps TVM's default: none."""
+    return named_target.target.kind.name == "cuda" and cuda_graph and not tvm_default
+
+
 def compile_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,
                   oversized_algo: str = "auto", tuning_log=None, tvm_default: bool = False,
-                  exact_math: bool = False, log=None, stats: dict | None = None):
-    """Compile for the target through `prepare_relax`, then TVM's lowering and code generation."""
+                  exact_math: bool = False, log=None, stats: dict | None = None, cuda_graph: bool = True):
+    """Compile for the target through `prepare_relax`, then TVM's lowering and code generation
+    (on CUDA with TVM's RewriteCUDAGraph: the kernels after the first one that reads the input
+    are captured into a graph on the first call and replayed on later calls)."""
     mod = prepare_relax(mod, named_target, custom_op, oversized_algo, tuning_log, tvm_default,
                         exact_math, log, stats)
-    return tvm.compile(mod, target=named_target.target)
+    config = {"relax.backend.use_cuda_graph": uses_cuda_graph(named_target, cuda_graph, tvm_default)}
+    with tvm.transform.PassContext(opt_level=3, config=config):
+        return tvm.compile(mod, target=named_target.target)
 
 
 def build_library(request: BuildRequest, log=print) -> dict:
@@ -174,7 +186,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
     stats: dict = {}
     executable = compile_relax(mod, named_target, request.custom_op, request.oversized_algo,
                                tuning_log=tuning_logs, tvm_default=request.tvm_default,
-                               exact_math=request.exact_math, log=log, stats=stats)
+                               exact_math=request.exact_math, log=log, stats=stats, cuda_graph=request.cuda_graph)
     if tuning_logs:
         log(f"      tuning log: {stats['from_database']} of {stats['primfuncs']} kernels from the database, "
             f"{stats['fallback']} from our hand/fallback schedules")
@@ -202,6 +214,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "math": "exact" if request.exact_math or request.tvm_default or named_target.name == "cuda"
                 else "fast-erf GELU",
         "schedules": "tvm-default" if request.tvm_default else "ours",
+        "cuda_graph": uses_cuda_graph(named_target, request.cuda_graph, request.tvm_default),
         "oversized_op": {"custom_op": request.custom_op and not request.tvm_default,
                          "algo": request.oversized_algo},
         "weights": {

@@ -29,6 +29,9 @@ def main(argv=None):
     named = get_target(manifest["target_name"], cuda_arch=manifest["target"].get("arch"))
     if named.emulated:
         raise ParcnetError(f"{args.library} is an ARM library: profile it on the board (emulated time is not latency)")
+    if manifest.get("cuda_graph"):
+        raise ParcnetError(f"{args.library} replays its kernels from a CUDA graph, which hides them from the VM: "
+                           "rebuild it with scripts/build.py --no-cuda-graph to profile it")
     reason = named.why_not_runnable_here()
     if reason:
         raise ParcnetError(f"cannot profile {args.library} here: {reason}")

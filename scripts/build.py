@@ -34,6 +34,8 @@ def parse_args(argv=None):
     parser.add_argument("--tuning-log", nargs="+", default=[], metavar="DIR",
                         help="apply these tuning logs (work dirs of scripts/tune.py)")
     parser.add_argument("--exact-math", action="store_true", help="exact erf in GELU (default: fast polynomial)")
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="CUDA: launch every kernel from the VM instead of replaying a CUDA graph")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
     parser.add_argument("--time", type=int, default=0, metavar="N",
                         help="after building, time the library and PyTorch eager N times each (x86/cuda)")
@@ -51,6 +53,7 @@ def main(argv=None):
         cuda_arch=args.cuda_arch, mcpu=args.mcpu, verify=not args.no_verify,
         custom_op=not args.no_custom_op, oversized_algo=args.oversized_algo,
         tvm_default=args.tvm_default_schedules, tuning_log=args.tuning_log, exact_math=args.exact_math,
+        cuda_graph=not args.no_cuda_graph,
     )
     manifest = build_library(request)
     if args.time:

@@ -10,7 +10,7 @@ import torch
 import tvm
 
 from parcnet_tvm import ParcnetError, create_model
-from parcnet_tvm.build import BuildRequest, build_library, prepare_model, prepare_relax
+from parcnet_tvm.build import BuildRequest, build_library, compile_relax, prepare_model, prepare_relax
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.manifest import sha256
 from parcnet_tvm.targets import get_target
@@ -76,6 +76,26 @@ def test_verification_fails_loudly_on_mismatch(xt_small_x86, tmp_path, monkeypat
     assert json.loads((tmp_path / "lib.json").read_text())["verification"]["status"] == "failed"
 
 
+def test_verification_runs_two_inputs_and_catches_a_stale_output(xt_small_x86, monkeypatch):
+    """Verification calls the library twice on different inputs: a library that answered the
+    second call with its first result (a CUDA graph replaying a captured input) fails."""
+    from parcnet_tvm import verify
+
+    library, manifest = xt_small_x86
+    assert manifest["verification"]["calls"] == 2
+    model, named = prepare_model("xt", SMALL), get_target("x86")
+    assert verify.verify_against(model, library, named, manifest["input_shape"])["status"] == "passed"
+    first = {}
+    real_run_vm = verify.run_vm
+
+    def stale_run_vm(vm, x, device):
+        return first.setdefault("out", real_run_vm(vm, x, device))
+
+    monkeypatch.setattr(verify, "run_vm", stale_run_vm)
+    result = verify.verify_against(model, library, named, manifest["input_shape"])
+    assert result["status"] == "failed" and result["input_seed"] == verify.INPUT_SEED + 1
+
+
 @needs_arm_toolchain
 def test_arm_build_is_armv7_hard_float_shared_object(tmp_path):
     """Without the emulated board (no ARM runtime built) the build skips verification and
@@ -114,9 +134,11 @@ def test_cuda_build_without_gpu_has_a_threaded_kernel_per_op(tmp_path, arch):
     """Compile-only (CI has no GPU): every PrimFunc the model calls became a CUDA kernel launched
     with more than one thread, and our op's kernels stage their inputs in shared memory."""
     named = get_target("cuda", cuda_arch=arch)
-    model = prepare_model("xt", SMALL)
-    prepared = prepare_relax(import_model(model, (1, 3, SMALL, SMALL)), named)
-    executable = tvm.compile(prepared, target=named.target)
+    mod = import_model(prepare_model("xt", SMALL), (1, 3, SMALL, SMALL))
+    prepared = prepare_relax(mod, named)
+    executable = compile_relax(mod, named)
+    # The kernels after the first ones are launched from one CUDA graph, captured on the first call.
+    assert executable.as_text().count("call  vm.builtin.cuda_graph.run_or_capture") == 1
     cuda = [m for kind, m in _module_kinds(executable.mod) if kind == "cuda"]
     assert len(cuda) == 1
     source = cuda[0].inspect_source()
