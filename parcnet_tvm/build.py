@@ -154,8 +154,9 @@ def compile_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool 
     are captured into a graph on the first call and replayed on later calls)."""
     mod = prepare_relax(mod, named_target, custom_op, oversized_algo, tuning_log, tvm_default,
                         exact_math, log, stats)
-    config = {"relax.backend.use_cuda_graph": uses_cuda_graph(named_target, cuda_graph, tvm_default)}
-    with tvm.transform.PassContext(opt_level=3, config=config):
+    if not uses_cuda_graph(named_target, cuda_graph, tvm_default):
+        return tvm.compile(mod, target=named_target.target)
+    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": True}):
         return tvm.compile(mod, target=named_target.target)
 
 
