@@ -9,13 +9,13 @@ from __future__ import annotations
 import io
 import warnings
 
-import numpy as np
 import torch
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple, rewrite_call, wildcard
 
 from .errors import ParcnetError
+from .graph import const_value
 
 FRONTENDS = ("torch", "onnx")
 ONNX_OPSET = 17
@@ -128,10 +128,4 @@ def square_as_multiply(mod: tvm.IRModule, func_name: str = "main") -> tvm.IRModu
 
     mod[func_name] = rewrite_call(pattern, rewriter, mod[func_name])
     return mod
-
-
-def const_value(const) -> np.ndarray:
-    """A Relax constant's value (TVM 0.27 imports weights as GenericConst, with .value)."""
-    holder = getattr(const, "data", None) or getattr(const, "value", None)
-    return holder.numpy()
 

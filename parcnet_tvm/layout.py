@@ -25,11 +25,9 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from .graph import calls, ints
+
 CONV_LAYOUT = ["NHWC", "HWIO"]
-
-
-def _ints(values) -> list[int]:
-    return [int(v) for v in values]
 
 
 def _is_pointwise_nhwc(call: relax.Call) -> bool:
@@ -37,8 +35,8 @@ def _is_pointwise_nhwc(call: relax.Call) -> bool:
     kernel = call.args[1].ty.shape
     return (str(attrs.data_layout) == "NHWC" and str(attrs.kernel_layout) == "HWIO"
             and str(attrs.out_layout) == "NHWC" and int(attrs.groups) == 1
-            and _ints(attrs.strides) == [1, 1] and _ints(attrs.padding) == [0, 0, 0, 0]
-            and _ints(attrs.dilation) == [1, 1] and kernel is not None and _ints(kernel)[:2] == [1, 1])
+            and ints(attrs.strides) == [1, 1] and ints(attrs.padding) == [0, 0, 0, 0]
+            and ints(attrs.dilation) == [1, 1] and kernel is not None and ints(kernel)[:2] == [1, 1])
 
 
 def pointwise_convs_to_matmul(func: relax.Function) -> relax.Function:
@@ -52,8 +50,8 @@ def pointwise_convs_to_matmul(func: relax.Function) -> relax.Function:
     def replace(call, matches, bias_value=None):
         if not _is_pointwise_nhwc(call) or call.ty.shape is None:
             return None
-        batch, height, width, out_channels = _ints(call.ty.shape)
-        in_channels = _ints(matches[weight].ty.shape)[2]
+        batch, height, width, out_channels = ints(call.ty.shape)
+        in_channels = ints(matches[weight].ty.shape)[2]
         tokens = relax.op.reshape(matches[data], [batch * height * width, in_channels])
         product = relax.op.matmul(tokens, relax.op.reshape(matches[weight], [in_channels, out_channels]))
         if bias_value is not None:
@@ -61,8 +59,8 @@ def pointwise_convs_to_matmul(func: relax.Function) -> relax.Function:
         return relax.op.reshape(product, [batch, height, width, out_channels])
 
     def rewrite_with_bias(expr, matches):
-        bias_shape = _ints(matches[bias].ty.shape)
-        if bias_shape[-1:] != _ints(expr.ty.shape)[-1:] or any(d != 1 for d in bias_shape[:-1]):
+        bias_shape = ints(matches[bias].ty.shape)
+        if bias_shape[-1:] != ints(expr.ty.shape)[-1:] or any(d != 1 for d in bias_shape[:-1]):
             return expr
         replaced = replace(matches[conv], matches, matches[bias])
         return expr if replaced is None else replaced
@@ -85,7 +83,7 @@ def fold_transposes(func: relax.Function) -> relax.Function:
 
     def axes(call: relax.Call, rank: int) -> list[int]:
         given = call.attrs.axes
-        return list(range(rank))[::-1] if given is None else _ints(given)
+        return list(range(rank))[::-1] if given is None else ints(given)
 
     def compose(expr, matches):
         rank = len(expr.ty.shape)
@@ -112,11 +110,11 @@ def transposes_after_elementwise(func: relax.Function) -> relax.Function:
 
     def rewriter(expr, matches):
         rank = len(expr.ty.shape)
-        outer_axes, inner_axes = _ints(expr.attrs.axes or []), _ints(matches[inner].attrs.axes or [])
+        outer_axes, inner_axes = ints(expr.attrs.axes or []), ints(matches[inner].attrs.axes or [])
         if len(outer_axes) != rank or len(inner_axes) != rank or \
                 [inner_axes[i] for i in outer_axes] != list(range(rank)):
             return expr
-        if [int(d) for d in matches[a].ty.shape] != [int(d) for d in matches[inner].ty.shape]:
+        if ints(matches[a].ty.shape) != ints(matches[inner].ty.shape):
             return expr  # a broadcast: keep it as it is
         return relax.op.add(relax.op.permute_dims(matches[a], outer_axes), matches[b])
 
@@ -137,8 +135,8 @@ def adds_into_gemm_epilogues(func: relax.Function) -> relax.Function:
         gemm = matches[product]
         if shape is None or gemm.ty.shape is None or matches[other].ty.shape is None:
             return expr
-        full, flat = _ints(shape), _ints(gemm.ty.shape)
-        if _ints(matches[other].ty.shape) != full or len(flat) != 2 or flat[-1] != full[-1]:
+        full, flat = ints(shape), ints(gemm.ty.shape)
+        if ints(matches[other].ty.shape) != full or len(flat) != 2 or flat[-1] != full[-1]:
             return expr  # a broadcast add (a bias) or another reshape: leave it
         residual = relax.op.reshape(matches[other], flat)
         first_is_gemm = expr.args[0].same_as(matches[unflatten])
@@ -166,14 +164,5 @@ def to_channels_last(mod: tvm.IRModule, func_name: str = "main") -> tvm.IRModule
 
 def count_transposes(mod: tvm.IRModule, func_name: str = "main") -> int:
     """permute_dims calls on activations (not constants) in `func_name`."""
-    count = 0
-
-    def visit(expr):
-        nonlocal count
-        if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.permute_dims"):
-            if not isinstance(expr.args[0], tvm.ir.expr.Constant):
-                count += 1
-
-    relax.analysis.post_order_visit(mod[func_name], visit)
-    return count
-
+    return sum(1 for call in calls(mod[func_name], "relax.permute_dims")
+               if not isinstance(call.args[0], tvm.ir.expr.Constant))

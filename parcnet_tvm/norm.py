@@ -13,7 +13,9 @@ import math
 
 import tvm
 from tvm import relax, te
-from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.relax.dpl import is_const, is_op, wildcard
+
+from .graph import ints, rewrite_into_primfuncs
 
 PRIMFUNC_PREFIX = "layer_norm_general_"
 
@@ -56,11 +58,9 @@ def fuse_layer_norms(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IR
     """Replace every LayerNormGeneral chain over the last axis of a 4-D float32 tensor; returns
     (module, how many)."""
     pattern, x_p, weight_p, mean_p, total_p, low_p, high_p = _pattern()
-    builder = relax.BlockBuilder(mod)
-    gvars: dict[str, relax.GlobalVar] = {}
     replaced = 0
 
-    def rewriter(expr, matches):
+    def rewriter(expr, matches, primfunc):
         nonlocal replaced
         x = matches[x_p]
         shape = x.ty.shape
@@ -72,20 +72,18 @@ def fuse_layer_norms(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IR
             return expr
         if not (_last_axis_only(matches[mean_p], 4) and _last_axis_only(matches[total_p], 4)):
             return expr
-        dims = [int(d) for d in shape]
-        if [int(d) for d in matches[weight_p].ty.shape] != dims[-1:]:
+        dims = ints(shape)
+        if ints(matches[weight_p].ty.shape) != dims[-1:]:
             return expr
         eps = bounds[0]
-        name = f"{PRIMFUNC_PREFIX}{'x'.join(map(str, dims))}_eps{eps:g}"
-        if name not in gvars:
+
+        def make():
             data = te.placeholder(dims, "float32", name="x")
             weight = te.placeholder(dims[-1:], "float32", name="weight")
-            func = te.create_prim_func([data, weight, layer_norm_general(data, weight, eps)])
-            gvars[name] = builder.add_func(func.with_attr("global_symbol", name), name)
-        replaced += 1
-        return relax.call_tir(gvars[name], [x, matches[weight_p]], relax.TensorType(dims, "float32"))
+            return te.create_prim_func([data, weight, layer_norm_general(data, weight, eps)])
 
-    new_func = rewrite_call(pattern, rewriter, mod[func_name])
-    mod = builder.get()
-    mod[func_name] = new_func
-    return relax.transform.DeadCodeElimination([func_name])(mod), replaced
+        gvar = primfunc(f"{PRIMFUNC_PREFIX}{'x'.join(map(str, dims))}_eps{eps:g}", make)
+        replaced += 1
+        return relax.call_tir(gvar, [x, matches[weight_p]], relax.TensorType(dims, "float32"))
+
+    return rewrite_into_primfuncs(mod, pattern, rewriter, func_name), replaced

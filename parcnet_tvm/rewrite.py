@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax, te
-from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.relax.dpl import is_const, is_op, wildcard
 
-from .frontend import const_value
+from .graph import calls, const_value, ints, rewrite_into_primfuncs
 from .oversized import choose_algo, oversized_conv, weight_constants
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves our op alone, so its schedule stays ours
@@ -26,21 +26,17 @@ def _pattern():
     return conv_w, data, weight_h, weight_w, conv_h
 
 
-def _ints(values) -> list[int]:
-    return [int(v) for v in values]
-
-
 def _is_depthwise(call, channels: int, kernel: tuple[int, int], padding: list[int]) -> bool:
     attrs = call.attrs
     return (
         int(attrs.groups) == channels
-        and _ints(attrs.strides) == [1, 1]
-        and _ints(attrs.dilation) == [1, 1]
+        and ints(attrs.strides) == [1, 1]
+        and ints(attrs.dilation) == [1, 1]
         and str(attrs.data_layout) == "NCHW"
         and str(attrs.kernel_layout) == "OIHW"
         and str(attrs.out_layout) == "NCHW"
-        and _ints(call.args[1].ty.shape) == [channels, 1, *kernel]
-        and _ints(attrs.padding) == padding
+        and ints(call.args[1].ty.shape) == [channels, 1, *kernel]
+        and ints(attrs.padding) == padding
     )
 
 
@@ -50,7 +46,7 @@ def oversized_shape(conv_h, conv_w, data) -> tuple[int, int, int, int] | None:
     if shape is None or len(shape) != 4 or str(data.ty.dtype) != "float32":
         return None
     try:
-        batch, channels, height, width = _ints(shape)
+        batch, channels, height, width = ints(shape)
     except TypeError:  # symbolic shape
         return None
     h_ok = _is_depthwise(conv_h, channels, (2 * height - 1, 1), [height - 1, 0, height - 1, 0])
@@ -63,11 +59,9 @@ def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: st
     """Replace every oversized conv pair in `func_name`, with the algorithm `algo` resolves to
     for the target kind; returns (new module, count, algos used)."""
     pattern, data_p, weight_h_p, weight_w_p, conv_h_p = _pattern()
-    builder = relax.BlockBuilder(mod)  # adds our PrimFuncs with typed GlobalVars
-    gvars: dict[str, relax.GlobalVar] = {}
     algos: list[str] = []
 
-    def rewriter(expr, matches):
+    def rewriter(expr, matches, primfunc):
         shape = oversized_shape(matches[conv_h_p], expr, matches[data_p])
         if shape is None:
             return expr
@@ -75,34 +69,23 @@ def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: st
         chosen = choose_algo(algo, channels, height, width, target_kind)
         constants = weight_constants(chosen, "hw", const_value(matches[weight_h_p]),
                                      const_value(matches[weight_w_p]), height, width)
-        x = te.placeholder(shape, "float32", name="x")
-        taps = [te.placeholder(c.shape, "float32", name=f"taps{i}") for i, c in enumerate(constants)]
-        out = oversized_conv(x, *taps, algo=chosen, passes="hw")
-        name = f"{PRIMFUNC_PREFIX}{chosen}_c{channels}_h{height}_w{width}_n{batch}"
-        func = te.create_prim_func([x, *taps, out]).with_attrs({"op_pattern": OPAQUE, "global_symbol": name})
-        if name not in gvars:  # identical shapes share one PrimFunc (and one tuning task)
-            gvars[name] = builder.add_func(func, name)
-        gvar = gvars[name]
+
+        def make():
+            x = te.placeholder(shape, "float32", name="x")
+            taps = [te.placeholder(c.shape, "float32", name=f"taps{i}") for i, c in enumerate(constants)]
+            out = oversized_conv(x, *taps, algo=chosen, passes="hw")
+            return te.create_prim_func([x, *taps, out]).with_attr("op_pattern", OPAQUE)
+
+        gvar = primfunc(f"{PRIMFUNC_PREFIX}{chosen}_c{channels}_h{height}_w{width}_n{batch}", make)
         algos.append(chosen)
         args = [matches[data_p], *(relax.const(c) for c in constants)]
         return relax.call_tir(gvar, args, relax.TensorType(shape, "float32"))
 
-    new_func = rewrite_call(pattern, rewriter, mod[func_name])
-    mod = builder.get()
-    mod[func_name] = new_func
-    mod = relax.transform.DeadCodeElimination([func_name])(mod)
+    mod = rewrite_into_primfuncs(mod, pattern, rewriter, func_name)
     return mod, len(algos), algos
 
 
 def count_oversized_convs(mod: tvm.IRModule, func_name: str = "main") -> int:
     """How many call_tir calls to our op `func_name` makes (for tests and logs)."""
-    count = 0
-
-    def visit(expr):
-        nonlocal count
-        if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.call_tir"):
-            if expr.args[0].name_hint.startswith(PRIMFUNC_PREFIX):
-                count += 1
-
-    relax.analysis.post_order_visit(mod[func_name], visit)
-    return count
+    return sum(1 for call in calls(mod[func_name], "relax.call_tir")
+               if call.args[0].name_hint.startswith(PRIMFUNC_PREFIX))

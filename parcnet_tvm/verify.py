@@ -57,27 +57,16 @@ def compare(actual: np.ndarray, expected: np.ndarray, tolerance: float = TOLERAN
     }
 
 
-def run_library(library, named_target, x: np.ndarray) -> np.ndarray:
-    """The library's output for `x`: on the target's device here, or for ARM through the
-    board runner under qemu (the emulated board)."""
-    if named_target.emulated:
-        from .arm_bundle import run_emulated
-
-        return run_emulated(library, x)
-    device = named_target.device()
-    return run_vm(load_vm(library, device), x, device)
-
-
 def verify_against(model: torch.nn.Module, library, named_target, input_shape) -> dict:
     """Run `library` (path, or executable for targets that run natively) and compare with `model`."""
     reason = named_target.why_not_runnable_here()
     if reason:
         return {"status": "skipped", "reason": reason}
-    x = reference_input(input_shape)
-    if named_target.emulated:
-        from .arm_bundle import QEMU_CPU
+    if named_target.emulated:  # ARM: the board runner under qemu, one call
+        from .arm_bundle import QEMU_CPU, run_emulated
 
-        result = compare(run_library(library, named_target, x), pytorch_output(model, x))
+        x = reference_input(input_shape)
+        result = compare(run_emulated(library, x), pytorch_output(model, x))
         result["ran_on"] = f"qemu-arm -cpu {QEMU_CPU} (emulated board)"
         return result
     # Natively: two calls on one VM with different inputs, so that a library that keeps

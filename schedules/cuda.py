@@ -37,12 +37,20 @@ BLOCK_LOOPS = 2  # the loops bound to blockIdx (x: image x channel group, y: row
 
 # ----------------------------------------------------------------- shared by both schedules
 
+def spread_over_threads(sch: s_tir.Schedule, block, thread_factors) -> None:
+    """Share `block`'s loops below the block loops (a copy into shared memory) among all the
+    block's threads: fused, split by `thread_factors` (whose product is the thread count; some
+    may be sampled knobs), and those loops fused and bound to threadIdx.x."""
+    fused = sch.fuse(*sch.get_loops(block)[BLOCK_LOOPS:])
+    _, *threads = sch.split(fused, [None, *thread_factors])
+    sch.bind(sch.fuse(*threads), "threadIdx.x")
+
+
 def stage_in_shared(sch: s_tir.Schedule, block, at_loop, thread_factors, skip: set[str],
-                     pad_rows: bool = False) -> None:
+                    pad_rows: bool = False) -> None:
     """Cache every buffer `block` reads (except `skip`) in shared memory under `at_loop`,
-    loaded cooperatively by the block's threads: the copy loop is split by `thread_factors`
-    (whose product is the thread count; some may be sampled knobs) and those loops fused.
-    `pad_rows` pads the rows of 4-D caches to an odd stride (for readers going down columns)."""
+    loaded cooperatively by the block's threads (`spread_over_threads`). `pad_rows` pads the
+    rows of 4-D caches to an odd stride (for readers going down columns)."""
     reads = [str(region.source.name) for region in sch.get(block).reads]
     for index, name in enumerate(reads):
         if name in skip:
@@ -51,12 +59,10 @@ def stage_in_shared(sch: s_tir.Schedule, block, at_loop, thread_factors, skip: s
         sch.compute_at(cached, at_loop, preserve_unit_loops=True)
         if pad_rows and len(sch.get(cached).writes[0].source.shape) == 4:
             sch.storage_align(cached, 0, axis=2, factor=2, offset=1)
-        fused = sch.fuse(*sch.get_loops(cached)[BLOCK_LOOPS:])
-        _, *threads = sch.split(fused, [None, *thread_factors])
-        sch.bind(sch.fuse(*threads), "threadIdx.x")
+        spread_over_threads(sch, cached, thread_factors)
 
 
-def _accumulate_in_registers(sch: s_tir.Schedule, block, thread):
+def accumulate_in_registers(sch: s_tir.Schedule, block, thread):
     accumulator = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(accumulator, thread, preserve_unit_loops=True)
     return accumulator
@@ -81,7 +87,7 @@ def default_row_tile(height: int, width: int) -> int:
 def _one_output_per_thread(sch: s_tir.Schedule, block, spatial_loops):
     thread = sch.fuse(*spatial_loops) if len(spatial_loops) > 1 else spatial_loops[0]
     sch.bind(thread, "threadIdx.x")
-    _accumulate_in_registers(sch, block, thread)
+    accumulate_in_registers(sch, block, thread)
 
 
 def _schedule_toeplitz(sch: s_tir.Schedule, h_block, w_block, output, tunable: bool) -> None:
@@ -160,7 +166,7 @@ def _register_tile(sch: s_tir.Schedule, block, channel, rows, cols, r, along: st
     sch.bind(thread, "threadIdx.x")
     sch.unroll(r)
     sch.unroll(lane)
-    return _accumulate_in_registers(sch, block, thread)
+    return accumulate_in_registers(sch, block, thread)
 
 
 def _schedule_direct(sch: s_tir.Schedule, h_block, w_block, output, tunable: bool) -> None:

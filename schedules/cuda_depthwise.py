@@ -16,8 +16,8 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .common import HandRule, divisors, knob, largest_divisor, mark_root_untouchable
-from .cuda import (BLOCK_LOOPS, MAX_TILE, SHARED_BYTES, channel_group_candidates, default_channel_group,
-                   stage_in_shared)
+from .cuda import (MAX_TILE, SHARED_BYTES, accumulate_in_registers, channel_group_candidates,
+                   default_channel_group, spread_over_threads, stage_in_shared)
 
 CONV_BLOCK = "group_conv2d_nchw"  # TOPI's name for grouped (here depth-wise) NCHW convs
 MAX_TAPS = 81  # kernels up to 9x9: the unrolled kernel loops stay small
@@ -110,13 +110,11 @@ def schedule_depthwise(sch: s_tir.Schedule, tunable: bool) -> bool:
         sch.set_scope(conv, 0, "local")
         sch.reverse_compute_at(epilogue[0], thread, preserve_unit_loops=True)
     else:
-        sch.reverse_compute_at(sch.cache_write(conv, 0, "local"), thread, preserve_unit_loops=True)
+        accumulate_in_registers(sch, conv, thread)
     # The zero-padded maps of the block's channels, built in shared memory by all its threads.
     sch.set_scope(pad, 0, "shared")
     sch.compute_at(pad, y_block, preserve_unit_loops=True)
-    fused = sch.fuse(*sch.get_loops(pad)[BLOCK_LOOPS:])
-    _, *threads = sch.split(fused, [None, group, threads_per_channel])
-    sch.bind(sch.fuse(*threads), "threadIdx.x")
+    spread_over_threads(sch, pad, [group, threads_per_channel])
     already_shared = {str(sch.get(pad).writes[0].source.name)}
     stage_in_shared(sch, conv, y_block, [group, threads_per_channel], skip=already_shared)  # the taps
     if tunable:

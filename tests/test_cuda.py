@@ -58,11 +58,16 @@ def test_cuda_tuning_candidates_compile_without_a_gpu(imported_xt, tmp_path, onl
     assert len(open_database(tmp_path).get_all_tuning_records()) == summary.trials_new
 
 
-def _depthwise_kernels(imported_xt):
+@pytest.fixture(scope="module")
+def fused_xt_cuda(imported_xt):
+    named = get_target("cuda", cuda_arch="sm_90")
+    return fused_module(imported_xt, named), named
+
+
+def _depthwise_kernels(fused_xt_cuda):
     """{name: (unscheduled PrimFunc, our scheduled module or None)} for XT's PrimFuncs that hold
     a grouped conv, on CUDA."""
-    named = get_target("cuda", cuda_arch="sm_90")
-    fused = fused_module(imported_xt, named)
+    fused, named = fused_xt_cuda
     kernels = {}
     for var, func in fused.functions_items():
         if isinstance(func, tvm.tirx.PrimFunc) and "group_conv2d_nchw" in func.script():
@@ -72,12 +77,12 @@ def _depthwise_kernels(imported_xt):
     return kernels
 
 
-def test_depthwise_convs_get_our_cuda_schedule(imported_xt):
+def test_depthwise_convs_get_our_cuda_schedule(fused_xt_cuda):
     """dlight has no rule for the 7x7 depth-wise convs (it gives every output its own thread
     block); ours matches each of XT's, with the add and gate after it, and compiles to one
     kernel that stages the padded maps in shared memory."""
-    named = get_target("cuda", cuda_arch="sm_90")
-    kernels = _depthwise_kernels(imported_xt)
+    _, named = fused_xt_cuda
+    kernels = _depthwise_kernels(fused_xt_cuda)
     assert len(kernels) == 4  # one per stage
     for name, (_, scheduled) in kernels.items():
         assert scheduled is not None, f"{name} was not matched"
@@ -88,12 +93,11 @@ def test_depthwise_convs_get_our_cuda_schedule(imported_xt):
         assert source.split("_kernel(")[1].split(")")[0].count("float*") == 5
 
 
-def test_depthwise_convs_are_tuned_within_our_schedule(imported_xt, tmp_path):
+def test_depthwise_convs_are_tuned_within_our_schedule(fused_xt_cuda, tmp_path):
     """CUDA builds mark the depth-wise convs for our rule, so MetaSchedule's candidates for them
     are our schedule with sampled channel groups (they compile), not its generic tiling."""
-    named = get_target("cuda", cuda_arch="sm_90")
-    fused = fused_module(imported_xt, named)
-    names = tuple(_depthwise_kernels(imported_xt))
+    fused, named = fused_xt_cuda
+    names = tuple(_depthwise_kernels(fused_xt_cuda))
     measurement = Measurement("local", PooledBuilder(2), BuiltOnlyRunner(), "no GPU: compile only")
     summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 4, 4), measurement, only=names,
                                 log=lambda *_: None)
@@ -202,10 +206,10 @@ def test_every_kernel_of_the_default_cuda_build_matches_its_cpu_build():
 
 
 @needs_gpu
-def test_our_depthwise_kernels_match_their_cpu_build(imported_xt):
+def test_our_depthwise_kernels_match_their_cpu_build(fused_xt_cuda):
     rng = np.random.default_rng(0)
     cuda, cpu = get_target("cuda"), get_target("x86")
-    for name, (func, scheduled) in _depthwise_kernels(imported_xt).items():
+    for name, (func, scheduled) in _depthwise_kernels(fused_xt_cuda).items():
         values = [rng.standard_normal([int(d) for d in p.shape]).astype("float32")
                   for p in func.params]
         outputs = []

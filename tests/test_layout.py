@@ -5,29 +5,19 @@ tests/test_rewrite.py::test_whole_model_unchanged_by_rewrite, which builds this 
 import re
 
 import pytest
-import tvm
 from tvm import relax
 
 from parcnet_tvm.build import prepare_model
 from parcnet_tvm.frontend import import_model
+from parcnet_tvm.graph import calls
 from parcnet_tvm.layout import count_transposes, fold_transposes, to_channels_last
+from parcnet_tvm.model import VARIANTS
 from parcnet_tvm.rewrite import PRIMFUNC_PREFIX, rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
 
 from conftest import SMALL
 
-BLOCKS = {"xt": (3, 3, 9, 2), "t": (3, 3, 12, 3)}
-
-
-def _calls(func: relax.Function, op_name: str) -> list:
-    found = []
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name:
-            found.append(expr)
-
-    relax.analysis.post_order_visit(func, visit)
-    return found
+BLOCKS = {name: VARIANTS[name].depths for name in ("xt", "t")}
 
 
 def _channels_last(name):
@@ -44,7 +34,7 @@ def test_only_the_image_and_our_ops_are_transposed(name):
     assert count_transposes(imported) == 2 * blocks + 1 + 2 * 3
     assert count_transposes(mod) == 1 + 2 * blocks
     func = mod["main"]
-    ours = [c for c in _calls(func, "relax.call_tir") if c.args[0].name_hint.startswith(PRIMFUNC_PREFIX)]
+    ours = [c for c in calls(func, "relax.call_tir") if c.args[0].name_hint.startswith(PRIMFUNC_PREFIX)]
     bound = {}  # var -> the call bound to it
 
     def collect(expr):
@@ -55,7 +45,7 @@ def test_only_the_image_and_our_ops_are_transposed(name):
 
     relax.analysis.post_order_visit(func, collect)
     our_inputs = {c.args[1][0] for c in ours}
-    for transpose in _calls(func, "relax.permute_dims"):
+    for transpose in calls(func, "relax.permute_dims"):
         source = transpose.args[0]
         is_image = source.same_as(func.params[0])
         feeds_ours = any(v.same_as(transpose) for v in (bound.get(i) for i in our_inputs) if v is not None)
@@ -65,13 +55,13 @@ def test_only_the_image_and_our_ops_are_transposed(name):
 
 def test_pointwise_convs_become_gemms_with_their_bias():
     _, mod = _channels_last("xt")
-    convs = _calls(mod["main"], "relax.nn.conv2d")
+    convs = calls(mod["main"], "relax.nn.conv2d")
     assert all(str(c.attrs.data_layout) == "NHWC" for c in convs)
     # left as convolutions: the stem, 3 downsamplings, and one 7x7 depth-wise per block
     assert len(convs) == 1 + 3 + sum(BLOCKS["xt"])
     assert not [c for c in convs if [int(k) for k in c.args[1].ty.shape][:2] == [1, 1]]
     # each block: pwconv1, pwconv2, fc1, fc2 + the head
-    matmuls = _calls(mod["main"], "relax.matmul")
+    matmuls = calls(mod["main"], "relax.matmul")
     assert len(matmuls) == 4 * sum(BLOCKS["xt"]) + 1
 
 
@@ -85,7 +75,7 @@ def test_transposes_that_cancel_are_removed_and_others_composed():
         d = bb.emit(relax.op.permute_dims(c, [1, 0, 2, 3]))       # composes with c
         bb.emit_func_output(d)
     func = fold_transposes(bb.get()["main"])
-    left = _calls(func, "relax.permute_dims")
+    left = calls(func, "relax.permute_dims")
     assert len(left) == 1 and [int(a) for a in left[0].attrs.axes] == [2, 0, 1, 3]
     assert left[0].args[0].same_as(func.params[0])
 
@@ -93,8 +83,8 @@ def test_transposes_that_cancel_are_removed_and_others_composed():
 def test_import_squares_by_multiplying():
     """pow(x, 2) became x * x (CUDA's power kernel gave NaN for negative x on an H200)."""
     mod = import_model(prepare_model("xt", SMALL), (1, 3, SMALL, SMALL))
-    assert not _calls(mod["main"], "relax.power")
-    squares = [c for c in _calls(mod["main"], "relax.multiply") if c.args[0].same_as(c.args[1])]
+    assert not calls(mod["main"], "relax.power")
+    squares = [c for c in calls(mod["main"], "relax.multiply") if c.args[0].same_as(c.args[1])]
     assert len(squares) == 2 * sum(BLOCKS["xt"]) + 4  # two norms per block, one per downsampling
 
 
@@ -105,10 +95,10 @@ def test_each_layer_norm_general_becomes_one_op():
     fused, count = fuse_layer_norms(mod)
     # two per block, the stem's post-norm and the three pre-norms of the downsamplings
     assert count == 2 * sum(BLOCKS["xt"]) + 4
-    calls = [c for c in _calls(fused["main"], "relax.call_tir") if c.args[0].name_hint.startswith(NORM_PREFIX)]
-    assert len(calls) == count
-    assert not _calls(fused["main"], "relax.sqrt") and not _calls(fused["main"], "relax.clip")
-    assert len(_calls(fused["main"], "relax.mean")) == 1  # the head's global average pool
+    norms = [c for c in calls(fused["main"], "relax.call_tir") if c.args[0].name_hint.startswith(NORM_PREFIX)]
+    assert len(norms) == count
+    assert not calls(fused["main"], "relax.sqrt") and not calls(fused["main"], "relax.clip")
+    assert len(calls(fused["main"], "relax.mean")) == 1  # the head's global average pool
 
 
 def test_cpu_pipeline_uses_the_layout_and_cuda_keeps_the_imported_graph():
