@@ -4,6 +4,10 @@ Matches `conv2d(conv2d(x, Wh), Ww)` where both are depth-wise (groups == channel
 NCHW / OIHW, with a constant (C,1,2H-1,1) kernel padded H-1 and a constant (C,1,1,2W-1)
 kernel padded W-1: the ParC V2 `dwconv1` of every block, from the torch and ONNX imports
 alike. Anything else (the 7x7 depth-wise conv, stems, 1x1 convs) is left as it is.
+
+A pair becomes one call of the op (both passes), except on CUDA where a thread block cannot
+stage a channel's whole map (stage 1 from 448x448 inputs): there it becomes two calls, the H
+pass then the W pass, with the intermediate map in global memory.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import tvm
 from tvm import relax, te
 from tvm.relax.dpl import is_const, is_op, wildcard
 
+from schedules.cuda import cuda_passes
+
+from .errors import ParcnetError
 from .graph import calls, const_value, ints, rewrite_into_primfuncs
 from .oversized import choose_algo, oversized_conv, weight_constants
 
@@ -54,12 +61,20 @@ def oversized_shape(conv_h, conv_w, data) -> tuple[int, int, int, int] | None:
     return (batch, channels, height, width) if h_ok and w_ok else None
 
 
+def op_passes(algo: str, height: int, width: int, target_kind: str) -> tuple[str, ...]:
+    """Our op as one call for both passes ('hw',), or one call per pass ('h', 'w'): on CUDA
+    for maps whose fused form does not fit a thread block's shared memory (schedules/cuda.py);
+    on CPUs always fused."""
+    return cuda_passes(algo, height, width) if target_kind == "cuda" else ("hw",)
+
+
 def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: str = "main",
                             target_kind: str = "llvm"):
     """Replace every oversized conv pair in `func_name`, with the algorithm `algo` resolves to
     for the target kind; returns (new module, count, algos used)."""
     pattern, data_p, weight_h_p, weight_w_p, conv_h_p = _pattern()
     algos: list[str] = []
+    refused: list[ParcnetError] = []  # raised after the rewrite: TVM would wrap it on the way out
 
     def rewriter(expr, matches, primfunc):
         shape = oversized_shape(matches[conv_h_p], expr, matches[data_p])
@@ -67,25 +82,37 @@ def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: st
             return expr
         batch, channels, height, width = shape
         chosen = choose_algo(algo, channels, height, width, target_kind)
-        constants = weight_constants(chosen, "hw", const_value(matches[weight_h_p]),
-                                     const_value(matches[weight_w_p]), height, width)
+        try:
+            passes_per_call = op_passes(chosen, height, width, target_kind)
+        except ParcnetError as error:
+            refused.append(error)
+            return expr
+        weights = const_value(matches[weight_h_p]), const_value(matches[weight_w_p])
+        out = matches[data_p]
+        for passes in passes_per_call:
+            constants = weight_constants(chosen, passes, *weights, height, width)
 
-        def make():
-            x = te.placeholder(shape, "float32", name="x")
-            taps = [te.placeholder(c.shape, "float32", name=f"taps{i}") for i, c in enumerate(constants)]
-            out = oversized_conv(x, *taps, algo=chosen, passes="hw")
-            return te.create_prim_func([x, *taps, out]).with_attr("op_pattern", OPAQUE)
+            def make(passes=passes, constants=constants):
+                x = te.placeholder(shape, "float32", name="x")
+                taps = [te.placeholder(c.shape, "float32", name=f"taps{i}") for i, c in enumerate(constants)]
+                y = oversized_conv(x, *taps, algo=chosen, passes=passes)
+                return te.create_prim_func([x, *taps, y]).with_attr("op_pattern", OPAQUE)
 
-        gvar = primfunc(f"{PRIMFUNC_PREFIX}{chosen}_c{channels}_h{height}_w{width}_n{batch}", make)
+            split = "" if passes == "hw" else f"{passes}_"
+            gvar = primfunc(f"{PRIMFUNC_PREFIX}{chosen}_{split}c{channels}_h{height}_w{width}_n{batch}", make)
+            out = relax.call_tir(gvar, [out, *(relax.const(c) for c in constants)],
+                                 relax.TensorType(shape, "float32"))
         algos.append(chosen)
-        args = [matches[data_p], *(relax.const(c) for c in constants)]
-        return relax.call_tir(gvar, args, relax.TensorType(shape, "float32"))
+        return out
 
     mod = rewrite_into_primfuncs(mod, pattern, rewriter, func_name)
+    if refused:
+        raise refused[0]
     return mod, len(algos), algos
 
 
 def count_oversized_convs(mod: tvm.IRModule, func_name: str = "main") -> int:
-    """How many call_tir calls to our op `func_name` makes (for tests and logs)."""
+    """How many call_tir calls to our op `func_name` makes (for tests and logs; a pair split
+    into its two passes makes two)."""
     return sum(1 for call in calls(mod[func_name], "relax.call_tir")
                if call.args[0].name_hint.startswith(PRIMFUNC_PREFIX))

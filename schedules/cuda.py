@@ -17,6 +17,13 @@ Consecutive threads take consecutive lines across the tile direction, so their s
 fall in distinct banks; the H pass's output rows are padded to an odd stride for the W
 pass's column-wise reads. A block holds whole maps of `channels` channels (fewer rows when
 shared memory would overflow), so each input is read from global memory once.
+
+Large maps: a block of the fused op must hold a channel's whole input map (every output row
+sums over all input rows). From about 110x110 (inputs of 448 and up) it cannot, and
+`cuda_passes` makes the rewrite emit each pass as its own op, with the H pass's result in
+global memory between them: the H pass alone needs only a strip of columns per block, the W
+pass alone a strip of rows. The Toeplitz form also stages its HxH / WxW matrices, so it runs
+out of shared memory earlier (from 64x64 fused) and has no split form for large maps.
 """
 
 from __future__ import annotations
@@ -26,7 +33,16 @@ import math
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import HandRule, divisors, knob, largest_divisor, mark_root_untouchable, oversized_blocks
+from parcnet_tvm.errors import ParcnetError
+
+from .common import (
+    HandRule,
+    divisors,
+    knob,
+    largest_divisor,
+    mark_root_untouchable,
+    oversized_blocks,
+)
 
 MAX_THREADS = 1024
 DEFAULT_THREADS = 256  # enough warps per block to hide shared-memory latency
@@ -75,13 +91,27 @@ def _is_toeplitz(sch: s_tir.Schedule, block) -> bool:
 
 # ----------------------------------------------------------------- toeplitz: shared-memory GEMM
 
-def row_tile_candidates(height: int, width: int) -> list[int]:
-    return [d for d in divisors(height) if d * width <= MAX_THREADS] or [1]
+def toeplitz_shared_bytes(height: int, rows: int, width: int, passes: str) -> int:
+    """Shared memory of one block of the Toeplitz schedule, per channel: for the H pass the
+    input map and the tile's rows of Th, for the W pass its input rows (the H pass's, when
+    fused) and all of Tw^T."""
+    floats = 0
+    if "h" in passes:
+        floats += height * width + rows * height
+    if "w" in passes:
+        floats += rows * width + width * width
+    return 4 * floats
 
 
-def default_row_tile(height: int, width: int) -> int:
-    fitting = [d for d in row_tile_candidates(height, width) if d * width <= DEFAULT_THREADS]
-    return max(fitting) if fitting else 1
+def row_tile_candidates(height: int, width: int, passes: str) -> list[int]:
+    """Rows per block (one output per thread) that fit the thread and shared-memory limits;
+    empty when none does."""
+    return [d for d in divisors(height)
+            if d * width <= MAX_THREADS and toeplitz_shared_bytes(height, d, width, passes) <= SHARED_BYTES]
+
+
+def default_row_tile(candidates: list[int], width: int) -> int:
+    return max([d for d in candidates if d * width <= DEFAULT_THREADS] or candidates[:1])
 
 
 def _one_output_per_thread(sch: s_tir.Schedule, block, spatial_loops):
@@ -90,12 +120,14 @@ def _one_output_per_thread(sch: s_tir.Schedule, block, spatial_loops):
     accumulate_in_registers(sch, block, thread)
 
 
-def _schedule_toeplitz(sch: s_tir.Schedule, h_block, w_block, output, tunable: bool) -> None:
+def _schedule_toeplitz(sch: s_tir.Schedule, h_block, w_block, output, tunable: bool) -> bool:
     fused = h_block is not None and w_block is not None
     n, c, i, j, r = sch.get_loops(output)
     height, width = int(sch.get(i).extent), int(sch.get(j).extent)
-    candidates = row_tile_candidates(height, width)
-    rows = knob(sch, candidates, default_row_tile(height, width), tunable)
+    candidates = row_tile_candidates(height, width, _passes(h_block, w_block))
+    if not candidates:
+        return False  # too large for shared memory: cuda_passes keeps such ops out of our builds
+    rows = knob(sch, candidates, default_row_tile(candidates, width), tunable)
     channel = sch.fuse(n, c)
     row_tile, row = sch.split(i, [None, rows])
     sch.bind(channel, "blockIdx.x")
@@ -109,13 +141,14 @@ def _schedule_toeplitz(sch: s_tir.Schedule, h_block, w_block, output, tunable: b
         stage_in_shared(sch, h_block, row_tile, [rows, width], skip=set())
         _, _, h_rows, h_cols, _ = sch.get_loops(h_block)[BLOCK_LOOPS:]  # (n, c, rows, columns, r)
         _one_output_per_thread(sch, h_block, [h_rows, h_cols])
+    return True
 
 
 # ----------------------------------------------------------------- direct: register tiles
 
 def direct_tile(rows: int, width: int) -> int:
-    """Outputs per thread: the largest common divisor of the block's rows and the width up to
-    MAX_TILE, so both passes split evenly and have the same thread count."""
+    """Outputs per thread of the fused op: the largest common divisor of the block's rows and
+    the width up to MAX_TILE, so both passes split evenly and have the same thread count."""
     return largest_divisor(math.gcd(rows, width), MAX_TILE)
 
 
@@ -123,21 +156,68 @@ def _padded(width: int) -> int:
     return width | 1  # an odd row stride: a column's elements fall in distinct banks
 
 
-def direct_shared_bytes(channels: int, height: int, rows: int, width: int, passes: str) -> int:
-    """Shared memory of one block of the direct schedule (floats staged per channel: the input
-    map, the H pass's rows when fused, the taps)."""
-    per_channel = 0
-    if "h" in passes:
-        per_channel += height * width + (height + rows - 1)
-    if "w" in passes:
-        per_channel += rows * _padded(width) + (2 * width - 1)
-    return 4 * channels * per_channel
+def largest_fitting(sizes: list[int], shared_bytes, threads) -> int | None:
+    """The largest tile size whose block stays within the shared-memory and thread limits."""
+    fitting = [d for d in sizes if shared_bytes(d) <= SHARED_BYTES and threads(d) <= MAX_THREADS]
+    return max(fitting) if fitting else None
 
 
-def direct_block_rows(height: int, width: int, passes: str) -> int:
-    """Whole maps per block, unless one channel's staging would overflow shared memory."""
-    fitting = [d for d in divisors(height) if direct_shared_bytes(1, height, d, width, passes) <= SHARED_BYTES]
-    return max(fitting) if fitting else 1
+# Shared memory of one channel in a block of the direct schedule, in bytes: what each pass
+# stages (its input and the taps it uses) and, when fused, the H pass's rows for the W pass.
+def fused_shared_bytes(height: int, rows: int, width: int) -> int:
+    return 4 * (height * width + (height + rows - 1) + rows * _padded(width) + (2 * width - 1))
+
+
+def h_shared_bytes(height: int, columns: int) -> int:
+    return 4 * (height * columns + (2 * height - 1))
+
+
+def w_shared_bytes(rows: int, width: int) -> int:
+    return 4 * (rows * _padded(width) + (2 * width - 1))
+
+
+def direct_fused_rows(height: int, width: int) -> int | None:
+    """Output rows per block of the fused op: whole maps unless a channel's staging or the
+    thread count would overflow; None when no row tile fits (`cuda_passes` then splits)."""
+    return largest_fitting(divisors(height), lambda rows: fused_shared_bytes(height, rows, width),
+                            lambda rows: rows * width // direct_tile(rows, width))
+
+
+def direct_w_rows(height: int, width: int) -> int | None:
+    """Rows per block of the W pass alone (each row is independent of the others)."""
+    tile = largest_divisor(width, MAX_TILE)
+    return largest_fitting(divisors(height), lambda rows: w_shared_bytes(rows, width),
+                            lambda rows: rows * width // tile)
+
+
+def direct_h_columns(height: int, width: int) -> int | None:
+    """Columns per block of the H pass alone (each column is independent of the others)."""
+    tile = largest_divisor(height, MAX_TILE)
+    return largest_fitting(divisors(width), lambda columns: h_shared_bytes(height, columns),
+                            lambda columns: height // tile * columns)
+
+
+def cuda_passes(algo: str, height: int, width: int) -> tuple[str, ...]:
+    """How our op runs on CUDA over HxW maps: ('hw',), one op for both passes, where a block
+    can stage what the fused schedule needs, else ('h', 'w'), one op per pass."""
+    if algo == "direct" and direct_fused_rows(height, width):
+        return ("hw",)
+    if algo == "direct" and direct_h_columns(height, width) and direct_w_rows(height, width):
+        return ("h", "w")
+    if algo == "toeplitz" and row_tile_candidates(height, width, "hw"):
+        return ("hw",)
+    if algo == "toeplitz" and row_tile_candidates(height, width, "h") and row_tile_candidates(height, width, "w"):
+        return ("h", "w")
+    raise ParcnetError(f"the {algo} oversized conv does not fit a CUDA thread block's shared memory for "
+                       f"{height}x{width} maps: use --oversized-algo direct (or auto), or a smaller input")
+
+
+def split_channel_groups(sch: s_tir.Schedule, c, threads_per_channel: int, shared_per_channel: int, tunable: bool):
+    """Split the channel loop into (blocks, channels per block); the latter a knob."""
+    channels = int(sch.get(c).extent)
+    candidates = channel_group_candidates(channels, threads_per_channel, shared_per_channel)
+    group = knob(sch, candidates, default_channel_group(candidates, threads_per_channel), tunable)
+    return (*sch.split(c, [None, group]), group)
 
 
 def channel_group_candidates(channels: int, threads_per_channel: int, shared_per_channel: int) -> list[int]:
@@ -169,34 +249,78 @@ def _register_tile(sch: s_tir.Schedule, block, channel, rows, cols, r, along: st
     return accumulate_in_registers(sch, block, thread)
 
 
-def _schedule_direct(sch: s_tir.Schedule, h_block, w_block, output, tunable: bool) -> None:
-    fused = h_block is not None and w_block is not None
-    passes = "hw" if fused else ("h" if w_block is None else "w")
+def _blocks_over(sch: s_tir.Schedule, n, c_out, c_in, rows, columns, along: str, size: int):
+    """Bind (image x channel group) to blockIdx.x and strips of `size` rows or columns
+    (`along`) to blockIdx.y; returns (the strip loop, rows, columns inside the strip)."""
+    if along == "rows":
+        strip, rows = sch.split(rows, [None, size])
+    else:
+        strip, columns = sch.split(columns, [None, size])
+    sch.reorder(c_out, strip, c_in, rows, columns)
+    sch.bind(sch.fuse(n, c_out), "blockIdx.x")
+    sch.bind(strip, "blockIdx.y")
+    return strip, rows, columns
+
+
+def _direct_h_alone(sch: s_tir.Schedule, block, tunable: bool) -> bool:
+    """A block holds strips of whole columns (the H pass sums down columns only)."""
+    n, c, i, j, r = sch.get_loops(block)
+    height, width = int(sch.get(i).extent), int(sch.get(j).extent)
+    columns = direct_h_columns(height, width)
+    if columns is None:
+        return False
+    tile = largest_divisor(height, MAX_TILE)
+    threads_per_channel = height // tile * columns
+    c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, h_shared_bytes(height, columns), tunable)
+    strip, i, j = _blocks_over(sch, n, c_out, c_in, i, j, "columns", columns)
+    stage_in_shared(sch, block, strip, [group, threads_per_channel], skip=set())
+    _register_tile(sch, block, c_in, i, j, r, "rows", tile)
+    return True
+
+
+def _direct_w_alone(sch: s_tir.Schedule, block, tunable: bool) -> bool:
+    """A block holds strips of whole rows, staged with an odd row stride (read down columns)."""
+    n, c, i, j, r = sch.get_loops(block)
+    height, width = int(sch.get(i).extent), int(sch.get(j).extent)
+    rows = direct_w_rows(height, width)
+    if rows is None:
+        return False
+    tile = largest_divisor(width, MAX_TILE)
+    threads_per_channel = rows * width // tile
+    c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, w_shared_bytes(rows, width), tunable)
+    strip, i, j = _blocks_over(sch, n, c_out, c_in, i, j, "rows", rows)
+    stage_in_shared(sch, block, strip, [group, threads_per_channel], skip=set(), pad_rows=True)
+    _register_tile(sch, block, c_in, i, j, r, "cols", tile)
+    return True
+
+
+def _direct_fused(sch: s_tir.Schedule, h_block, output, tunable: bool) -> bool:
     n, c, i, j, r = sch.get_loops(output)
-    channels, height, width = (int(sch.get(loop).extent) for loop in (c, i, j))
-    rows = direct_block_rows(height, width, passes)
+    height, width = int(sch.get(i).extent), int(sch.get(j).extent)
+    rows = direct_fused_rows(height, width)
+    if rows is None:
+        return False  # too large for shared memory: cuda_passes splits such ops in our builds
     tile = direct_tile(rows, width)
     threads_per_channel = rows * width // tile
-    candidates = channel_group_candidates(channels, threads_per_channel,
-                                          direct_shared_bytes(1, height, rows, width, passes))
-    group = knob(sch, candidates, default_channel_group(candidates, threads_per_channel), tunable)
-    c_out, c_in = sch.split(c, [None, group])
-    row_tile, row = sch.split(i, [None, rows])
-    sch.reorder(c_out, row_tile, c_in, row)
-    sch.bind(sch.fuse(n, c_out), "blockIdx.x")
-    sch.bind(row_tile, "blockIdx.y")
+    c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, fused_shared_bytes(height, rows, width),
+                                        tunable)
+    row_tile, i, j = _blocks_over(sch, n, c_out, c_in, i, j, "rows", rows)
     thread_factors = [group, threads_per_channel]
-    intermediate = {str(sch.get(h_block).writes[0].source.name)} if fused else set()
-    stage_in_shared(sch, output, row_tile, thread_factors, skip=intermediate, pad_rows=passes == "w")
-    _register_tile(sch, output, c_in, row, j, r, "rows" if passes == "h" else "cols", tile)
-    if fused:
-        sch.compute_at(h_block, row_tile, preserve_unit_loops=True)
-        sch.set_scope(h_block, 0, "shared")
-        stage_in_shared(sch, h_block, row_tile, thread_factors, skip=set())
-        h_n, h_c, h_rows, h_cols, h_r = sch.get_loops(h_block)[BLOCK_LOOPS:]
-        write_back = _register_tile(sch, h_block, sch.fuse(h_n, h_c), h_rows, h_cols, h_r, "rows", tile)
-        # The W pass reads these rows column-wise: an odd row stride spreads them over the banks.
-        sch.storage_align(write_back, 0, axis=2, factor=2, offset=1)
+    intermediate = {str(sch.get(h_block).writes[0].source.name)}
+    stage_in_shared(sch, output, row_tile, thread_factors, skip=intermediate)
+    _register_tile(sch, output, c_in, i, j, r, "cols", tile)
+    sch.compute_at(h_block, row_tile, preserve_unit_loops=True)
+    sch.set_scope(h_block, 0, "shared")
+    stage_in_shared(sch, h_block, row_tile, thread_factors, skip=set())
+    h_n, h_c, h_rows, h_cols, h_r = sch.get_loops(h_block)[BLOCK_LOOPS:]
+    write_back = _register_tile(sch, h_block, sch.fuse(h_n, h_c), h_rows, h_cols, h_r, "rows", tile)
+    # The W pass reads these rows column-wise: an odd row stride spreads them over the banks.
+    sch.storage_align(write_back, 0, axis=2, factor=2, offset=1)
+    return True
+
+
+def _passes(h_block, w_block) -> str:
+    return ("h" if h_block is not None else "") + ("w" if w_block is not None else "")
 
 
 def schedule_cuda(sch: s_tir.Schedule, tunable: bool) -> bool:
@@ -205,12 +329,16 @@ def schedule_cuda(sch: s_tir.Schedule, tunable: bool) -> bool:
         return False
     h_block, w_block, output = blocks
     if _is_toeplitz(sch, output):
-        _schedule_toeplitz(sch, h_block, w_block, output, tunable)
+        done = _schedule_toeplitz(sch, h_block, w_block, output, tunable)
+    elif h_block is not None and w_block is not None:
+        done = _direct_fused(sch, h_block, output, tunable)
+    elif h_block is not None:
+        done = _direct_h_alone(sch, h_block, tunable)
     else:
-        _schedule_direct(sch, h_block, w_block, output, tunable)
-    if tunable:
+        done = _direct_w_alone(sch, w_block, tunable)
+    if done and tunable:
         mark_root_untouchable(sch)
-    return True
+    return done
 
 
 class OversizedConvCuda(HandRule):

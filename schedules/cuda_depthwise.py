@@ -15,9 +15,15 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .common import HandRule, divisors, knob, largest_divisor, mark_root_untouchable
-from .cuda import (MAX_TILE, SHARED_BYTES, accumulate_in_registers, channel_group_candidates,
-                   default_channel_group, spread_over_threads, stage_in_shared)
+from .common import HandRule, divisors, largest_divisor, mark_root_untouchable
+from .cuda import (
+    MAX_TILE,
+    accumulate_in_registers,
+    largest_fitting,
+    split_channel_groups,
+    spread_over_threads,
+    stage_in_shared,
+)
 
 CONV_BLOCK = "group_conv2d_nchw"  # TOPI's name for grouped (here depth-wise) NCHW convs
 MAX_TAPS = 81  # kernels up to 9x9: the unrolled kernel loops stay small
@@ -79,25 +85,23 @@ def schedule_depthwise(sch: s_tir.Schedule, tunable: bool) -> bool:
         return False
     pad, conv, epilogue = found
     n, c, y, x, rc, ry, rx = sch.get_loops(conv)
-    channels, height, width, kernel_h, kernel_w = (int(sch.get(loop).extent) for loop in (c, y, x, ry, rx))
+    height, width, kernel_h, kernel_w = (int(sch.get(loop).extent) for loop in (y, x, ry, rx))
 
     def shared_bytes(rows: int) -> int:  # one channel: its padded rows and its taps
         return 4 * ((rows + kernel_h - 1) * (width + kernel_w - 1) + kernel_h * kernel_w)
 
-    fitting = [d for d in divisors(height) if shared_bytes(d) <= SHARED_BYTES]
-    if not fitting:
+    rows = largest_fitting(divisors(height), shared_bytes,  # whole maps unless they do not fit
+                           lambda rows: rows // largest_divisor(rows, MAX_TILE) * width)
+    if rows is None:
         return False
-    rows = max(fitting)  # whole maps unless they do not fit
     shared_per_channel = shared_bytes(rows)
     tile = largest_divisor(rows, MAX_TILE)
     threads_per_channel = rows // tile * width
-    candidates = channel_group_candidates(channels, threads_per_channel, shared_per_channel)
-    group = knob(sch, candidates, default_channel_group(candidates, threads_per_channel), tunable)
 
     # Element-wise ops: all folded into the first one, which runs on each thread's accumulators.
     for block in reversed(epilogue[1:]):
         sch.reverse_compute_inline(block)
-    c_out, c_in = sch.split(c, [None, group])
+    c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, shared_per_channel, tunable)
     y_block, y_thread, y_lane = sch.split(y, [None, rows // tile, tile])
     sch.reorder(c_out, y_block, c_in, y_thread, x, rc, ry, rx, y_lane)
     sch.bind(sch.fuse(n, c_out), "blockIdx.x")

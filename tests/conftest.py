@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,3 +37,11 @@ def xt_small_x86(tmp_path_factory):
     manifest = build_library(BuildRequest(model="xt", target="x86", input_size=SMALL, output=str(out)),
                              log=lambda *_: None)
     return out, manifest
+
+
+def cuda_kernel_limits(source: str) -> list[tuple[int, int]]:
+    """(static shared-memory bytes, threads) of every kernel in a CUDA source (float arrays)."""
+    kernels = [k for k in source.split("__global__ void __launch_bounds__(")[1:]
+               if k.split("\n")[0].endswith("{")]  # definitions, not declarations
+    return [(4 * sum(int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\];", k)),
+             int(k.split(")")[0])) for k in kernels]

@@ -9,13 +9,15 @@ from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 
 from schedules.cuda_depthwise import DepthwiseConvCuda
 
-from parcnet_tvm.build import fused_module, prepare_model
+from parcnet_tvm.build import fused_module, prepare_model, prepare_relax
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.targets import get_target, local_cuda_arch
 from parcnet_tvm.tune import Measurement, PooledBuilder, TuneBudget, _FinishedFuture, tune_fused_module
 from parcnet_tvm.tuning_log import open_database
+from parcnet_tvm.verify import load_vm, pytorch_output, reference_input, run_vm
 
 from conftest import SMALL
+from gpu_emulation import emulated_library, run_on_cpu
 
 def needs_gpu(test):
     """A GPU test: skipped with the reason where no GPU is visible; `pytest -m gpu` runs only these."""
@@ -43,10 +45,11 @@ def imported_xt():
 
 @pytest.mark.parametrize("only, algo", [(("oversized_conv",), "direct"), (("oversized_conv",), "toeplitz"),
                                         (None, "auto")])
-def test_cuda_tuning_candidates_compile_without_a_gpu(imported_xt, tmp_path, only, algo):
+def test_cuda_tuning_candidates_compile_and_compute_without_a_gpu(imported_xt, tmp_path, only, algo):
     """MetaSchedule's CUDA design spaces (our op's rule for each algorithm, and TVM's rules for
-    the heaviest other tasks) produce candidates that nvcc compiles: what tune.py --target cuda
-    measures on a GPU."""
+    the heaviest other tasks) produce candidates that nvcc compiles, what tune.py --target cuda
+    measures on a GPU, and that compute what they replace (emulated on this CPU: each of our
+    op's candidates; the whole model built from the database)."""
     named = get_target("cuda", cuda_arch="sm_90")
     fused = fused_module(imported_xt, named, oversized_algo=algo)
     runner = BuiltOnlyRunner()
@@ -55,7 +58,51 @@ def test_cuda_tuning_candidates_compile_without_a_gpu(imported_xt, tmp_path, onl
                                 log=lambda *_: None)
     # every candidate compiled (MetaSchedule may measure a few past the budget's 8)
     assert summary.trials_new >= 8 and len(runner.artifacts) == summary.trials_new
-    assert len(open_database(tmp_path).get_all_tuning_records()) == summary.trials_new
+    records = open_database(tmp_path).get_all_tuning_records()
+    assert len(records) == summary.trials_new
+    if only:  # our op's candidates also compute the op (run thread by thread on this CPU)
+        for record in records:
+            _assert_candidate_computes_its_workload(record)
+    else:  # the whole program built from this database computes the model
+        _assert_emulated_build_matches_pytorch(prepare_relax(imported_xt, named, tuning_log=tmp_path), named)
+
+
+def _assert_emulated_build_matches_pytorch(prepared, named):
+    x = reference_input((1, 3, SMALL, SMALL))
+    actual = run_vm(load_vm(emulated_library(prepared, named.target), tvm.cpu()), x, tvm.cpu())
+    assert np.abs(actual - pytorch_output(prepare_model("xt", SMALL), x)).max() <= 1e-4
+
+
+def test_cuda_build_computes_the_model_when_emulated_on_the_cpu(imported_xt):
+    """The whole program of XT's CUDA build (our op, our depth-wise convs, dlight's rules for the
+    rest), every kernel run thread by thread on this CPU, against PyTorch."""
+    named = get_target("cuda", cuda_arch="sm_90")
+    _assert_emulated_build_matches_pytorch(prepare_relax(imported_xt, named), named)
+
+
+def _random_args(func, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal([int(d) for d in p.shape]).astype(str(p.dtype)) for p in func.params]
+
+
+def _assert_emulation_matches_cpu_build(scheduled: tvm.IRModule, unscheduled: tvm.IRModule, what: str):
+    """A GPU-scheduled module run thread by thread on this CPU against the same computation
+    unscheduled and built for the CPU, on random inputs (outputs are the last parameters;
+    every parameter is compared)."""
+    name = scheduled.get_global_vars()[0].name_hint
+    arrays = _random_args(scheduled[name])
+    emulated = run_on_cpu(scheduled, arrays, name)
+    reference = tvm.compile(unscheduled, target="llvm")
+    args = [tvm.runtime.tensor(a) for a in arrays]
+    reference[unscheduled.get_global_vars()[0].name_hint](*args)
+    error = max(float(np.abs(e - a.numpy()).max()) for e, a in zip(emulated, args))
+    assert error <= 1e-4, f"{what}: max abs error {error}"
+
+
+def _assert_candidate_computes_its_workload(record):
+    sch = tvm.s_tir.Schedule(record.workload.mod)
+    record.trace.apply_to_schedule(sch, remove_postproc=False)
+    _assert_emulation_matches_cpu_build(sch.mod, record.workload.mod, f"candidate {record.trace}"[:200])
 
 
 @pytest.fixture(scope="module")
@@ -110,22 +157,38 @@ def test_depthwise_convs_are_tuned_within_our_schedule(fused_xt_cuda, tmp_path):
 
 # ---------------------------------------------------------------- on a GPU (skipped in CI)
 
-@needs_gpu
-@pytest.mark.parametrize("algo, passes", [("direct", "hw"), ("toeplitz", "hw"), ("direct", "h"), ("direct", "w")])
-@pytest.mark.parametrize("value", [1, 2, 4, 8])
-def test_our_cuda_kernels_match_the_reference_for_every_knob_value(algo, passes, value, monkeypatch):
-    """Every value the search can pick for the knob (Toeplitz: rows per block; direct:
-    channels per block), run on the GPU."""
+KNOB_CASES = [("direct", "hw"), ("toeplitz", "hw"), ("direct", "h"), ("direct", "w")]
+
+
+def _op_with_knob(algo, passes, value, monkeypatch):
+    """Our op (24 channels of 8x12) scheduled for CUDA with its knob (Toeplitz: rows per
+    block; direct: channels per block) forced to `value`; with its inputs and expected output."""
     import schedules.cuda as cuda_schedules
     from test_oversized import _te_func
 
-    cuda = get_target("cuda")
     func, x, constants, expected = _te_func(24, 8, 12, algo, passes)
     monkeypatch.setattr(cuda_schedules, "knob", lambda sch, candidates, default, tunable: value)
-    sch = cuda_schedules.OversizedConvCuda().apply(func, cuda.target, False)
-    executable = tvm.compile(sch.mod, target=cuda.target)
-    device = tvm.cuda(0)
-    args = [tvm.runtime.tensor(a, device) for a in (x, *constants, np.zeros_like(x))]
+    sch = cuda_schedules.OversizedConvCuda().apply(func, get_target("cuda", cuda_arch="sm_90").target, False)
+    return sch.mod, [x, *constants, np.zeros_like(x)], expected
+
+
+@pytest.mark.parametrize("algo, passes", KNOB_CASES)
+@pytest.mark.parametrize("value", [1, 2, 4, 8])
+def test_our_cuda_schedules_compute_the_op_for_every_knob_value(algo, passes, value, monkeypatch):
+    """Every value the search can pick for the knob, the kernel run thread by thread on this
+    CPU (tests/gpu_emulation.py): which outputs each thread owns and what each block stages."""
+    mod, arrays, expected = _op_with_knob(algo, passes, value, monkeypatch)
+    assert np.abs(run_on_cpu(mod, arrays)[-1] - expected).max() <= 1e-4
+
+
+@needs_gpu
+@pytest.mark.parametrize("algo, passes", KNOB_CASES)
+@pytest.mark.parametrize("value", [1, 2, 4, 8])
+def test_our_cuda_kernels_match_the_reference_for_every_knob_value(algo, passes, value, monkeypatch):
+    """The same, run on the GPU."""
+    mod, arrays, expected = _op_with_knob(algo, passes, value, monkeypatch)
+    executable = tvm.compile(mod, target=get_target("cuda").target)
+    args = [tvm.runtime.tensor(a, tvm.cuda(0)) for a in arrays]
     executable.mod["main"](*args)
     assert np.abs(args[-1].numpy() - expected).max() <= 1e-4
 
@@ -205,13 +268,18 @@ def test_every_kernel_of_the_default_cuda_build_matches_its_cpu_build():
     assert not wrong, f"CUDA kernels that differ from their CPU build: {wrong}"
 
 
+def test_our_depthwise_schedule_computes_the_convs_and_their_fused_ops(fused_xt_cuda):
+    """Each of XT's depth-wise kernels (conv, add, gate) as scheduled for CUDA, run thread by
+    thread on this CPU, against the same PrimFunc built for the CPU."""
+    for name, (func, scheduled) in _depthwise_kernels(fused_xt_cuda).items():
+        _assert_emulation_matches_cpu_build(scheduled, tvm.IRModule({name: func}), name)
+
+
 @needs_gpu
 def test_our_depthwise_kernels_match_their_cpu_build(fused_xt_cuda):
-    rng = np.random.default_rng(0)
     cuda, cpu = get_target("cuda"), get_target("x86")
     for name, (func, scheduled) in _depthwise_kernels(fused_xt_cuda).items():
-        values = [rng.standard_normal([int(d) for d in p.shape]).astype("float32")
-                  for p in func.params]
+        values = _random_args(func)
         outputs = []
         for target, device, mod in ((cuda, tvm.cuda(0), scheduled), (cpu, tvm.cpu(0), tvm.IRModule({name: func}))):
             args = [tvm.runtime.tensor(v, device) for v in values]

@@ -13,11 +13,14 @@ from parcnet_tvm import ParcnetError
 from parcnet_tvm.bench_op import conv_pair_module, stage_shapes
 from parcnet_tvm.build import compile_relax
 from parcnet_tvm.oversized import TOEPLITZ_MAX_BYTES, choose_algo, oversized_conv, reference, weight_constants
+from parcnet_tvm.rewrite import count_oversized_convs, rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import load_vm
 from schedules.arm import OversizedConvArm
-from schedules.cuda import OversizedConvCuda
+from schedules.cuda import SHARED_BYTES, OversizedConvCuda, cuda_passes
 from schedules.x86 import OversizedConvX86
+
+from conftest import cuda_kernel_limits
 
 X86 = get_target("x86")
 
@@ -111,12 +114,16 @@ def test_arm_schedule_compiles_to_neon(algo):
 def _cuda_source(func) -> str:
     cuda = get_target("cuda", cuda_arch="sm_86")
     sch = OversizedConvCuda().apply(func, cuda.target, False)
-    executable = tvm.compile(sch.mod, target=cuda.target)
-    kernels = [m for m in executable.mod.imports if m.kind == "cuda"]
-    source = kernels[0].inspect_source()
+    source = _compiled_cuda_source(sch.mod)
     assert "blockIdx.x" in source and "threadIdx.x" in source
     assert "__shared__" in source and "__syncthreads" in source
     return source
+
+
+def _compiled_cuda_source(mod) -> str:
+    executable = tvm.compile(mod, target=get_target("cuda", cuda_arch="sm_86").target)
+    kernels = [m for m in executable.mod.imports if m.kind == "cuda"]
+    return kernels[0].inspect_source()
 
 
 def test_cuda_toeplitz_schedule_binds_blocks_threads_and_shared_memory():
@@ -138,3 +145,35 @@ def test_cuda_direct_schedule_keeps_register_tiles(passes):
     assert "for (int r" not in source  # the reduction is unrolled: taps are reused from registers
     if "w" in passes:
         assert "* 57)" in source  # 56-float rows stored with a stride of 57
+
+
+@pytest.mark.parametrize("height, width, passes", [
+    (56, 56, ("hw",)), (80, 80, ("hw",)), (56, 80, ("hw",)),  # stage 1 at 224, 320, 224x320
+    (112, 112, ("h", "w")), (128, 128, ("h", "w")),  # stage 1 at 448 and 512: a map exceeds 48 KB
+    (13, 29, ("hw",)), (1, 8, ("hw",)), (9, 1, ("hw",)),
+])
+def test_cuda_op_fits_a_thread_block_at_every_map_size(height, width, passes):
+    """Where a block cannot stage a channel's whole map, our op runs on CUDA as two ops, one per
+    pass (H: strips of columns, W: strips of rows). Every kernel stays within the static shared
+    memory and threads a block may have, and computes its pass (run thread by thread here)."""
+    from gpu_emulation import run_on_cpu
+
+    assert cuda_passes("direct", height, width) == passes
+    for one in passes:
+        func, x, constants, expected = _te_func(3, height, width, "direct", one)
+        sch = OversizedConvCuda().apply(func, get_target("cuda", cuda_arch="sm_86").target, False)
+        for shared, threads in cuda_kernel_limits(_compiled_cuda_source(sch.mod)):
+            assert 0 < shared <= SHARED_BYTES and 1 < threads <= 1024 or threads == 1 == height * width
+        assert np.abs(run_on_cpu(sch.mod, [x, *constants, np.zeros_like(x)])[-1] - expected).max() <= 1e-4
+
+
+def test_cuda_rewrite_runs_large_maps_as_two_ops_and_refuses_what_cannot_fit():
+    x, wh, ww = _case(2, 112, 112)
+    pair = conv_pair_module(wh, ww, x.shape)
+    split, replaced, _ = rewrite_oversized_convs(pair, "auto", target_kind="cuda")
+    assert replaced == 1 and count_oversized_convs(split) == 2  # the H pass, then the W pass
+    assert count_oversized_convs(rewrite_oversized_convs(pair, "auto", target_kind="llvm")[0]) == 1
+    vm = load_vm(tvm.compile(split, target="llvm"), tvm.cpu())  # the two ops wired in order, on the CPU
+    assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - _pytorch_pair(x, wh, ww)).max() <= 1e-4
+    with pytest.raises(ParcnetError, match="does not fit a CUDA thread block's shared memory.*--oversized-algo direct"):
+        rewrite_oversized_convs(pair, "toeplitz", target_kind="cuda")
