@@ -22,7 +22,7 @@ from .norm import fuse_layer_norms
 from .oversized import check_algo
 from .rewrite import rewrite_oversized_convs
 from .tuning_log import apply_database, database_summary
-from .model import create_model, parse_input_size, variant_key
+from .model import create_model, draw_verification_weights, parse_input_size, variant_key
 from .targets import NamedTarget, get_target
 from .verify import raise_on_failure, verify_against
 
@@ -57,11 +57,14 @@ class BuildRequest:
 
 
 def prepare_model(name: str, input_size=224, checkpoint=None) -> torch.nn.Module:
-    """The PyTorch model in eval mode: checkpoint weights, or random weights from WEIGHT_SEED."""
+    """The PyTorch model in eval mode: checkpoint weights, or random weights from WEIGHT_SEED
+    drawn so that a wrong kernel anywhere shows in the output (`draw_verification_weights`)."""
     torch.manual_seed(WEIGHT_SEED)
     model = create_model(name, input_size=input_size)
     if checkpoint:
         load_checkpoint(model, checkpoint)
+    else:
+        draw_verification_weights(model, WEIGHT_SEED)
     return model
 
 

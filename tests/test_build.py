@@ -97,6 +97,25 @@ def test_verification_runs_two_inputs_and_catches_a_stale_output(xt_small_x86, m
     assert result["status"] == "failed" and result["input_seed"] == verify.INPUT_SEED + 1
 
 
+def test_default_weights_let_verification_see_a_wrong_oversized_conv():
+    """Without a checkpoint the weights are drawn so that every layer moves the output: an
+    oversized conv with its H and W kernels swapped in every block (within 1e-4 of the right
+    output under the official init's weights) is off by far more than the tolerance."""
+    from parcnet_tvm.verify import TOLERANCE, pytorch_output, reference_input
+
+    model = prepare_model("xt", SMALL)
+    x = reference_input(model.input_shape())
+    expected = pytorch_output(model, x)
+    with torch.no_grad():
+        for stage in model.stages:
+            for block in stage:
+                conv = block.token_mixer.dwconv1
+                kernel_h = conv.conv_h.weight.clone()
+                conv.conv_h.weight.copy_(conv.conv_w.weight.reshape(kernel_h.shape))
+                conv.conv_w.weight.copy_(kernel_h.reshape(conv.conv_w.weight.shape))
+    assert np.abs(pytorch_output(model, x) - expected).max() > 100 * TOLERANCE
+
+
 @needs_arm_toolchain
 def test_arm_build_is_armv7_hard_float_shared_object(tmp_path):
     """Without the emulated board (no ARM runtime built) the build skips verification and
