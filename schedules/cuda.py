@@ -262,35 +262,22 @@ def _blocks_over(sch: s_tir.Schedule, n, c_out, c_in, rows, columns, along: str,
     return strip, rows, columns
 
 
-def _direct_h_alone(sch: s_tir.Schedule, block, tunable: bool) -> bool:
-    """A block holds strips of whole columns (the H pass sums down columns only)."""
+def _direct_one_pass(sch: s_tir.Schedule, block, h_pass: bool, tunable: bool) -> bool:
+    """One pass alone: a block holds strips of whole columns for the H pass (it sums down
+    columns only), of whole rows for the W pass (staged with an odd row stride, since its
+    threads read them down columns)."""
     n, c, i, j, r = sch.get_loops(block)
     height, width = int(sch.get(i).extent), int(sch.get(j).extent)
-    columns = direct_h_columns(height, width)
-    if columns is None:
+    size = direct_h_columns(height, width) if h_pass else direct_w_rows(height, width)
+    if size is None:
         return False
-    tile = largest_divisor(height, MAX_TILE)
-    threads_per_channel = height // tile * columns
-    c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, h_shared_bytes(height, columns), tunable)
-    strip, i, j = _blocks_over(sch, n, c_out, c_in, i, j, "columns", columns)
-    stage_in_shared(sch, block, strip, [group, threads_per_channel], skip=set())
-    _register_tile(sch, block, c_in, i, j, r, "rows", tile)
-    return True
-
-
-def _direct_w_alone(sch: s_tir.Schedule, block, tunable: bool) -> bool:
-    """A block holds strips of whole rows, staged with an odd row stride (read down columns)."""
-    n, c, i, j, r = sch.get_loops(block)
-    height, width = int(sch.get(i).extent), int(sch.get(j).extent)
-    rows = direct_w_rows(height, width)
-    if rows is None:
-        return False
-    tile = largest_divisor(width, MAX_TILE)
-    threads_per_channel = rows * width // tile
-    c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, w_shared_bytes(rows, width), tunable)
-    strip, i, j = _blocks_over(sch, n, c_out, c_in, i, j, "rows", rows)
-    stage_in_shared(sch, block, strip, [group, threads_per_channel], skip=set(), pad_rows=True)
-    _register_tile(sch, block, c_in, i, j, r, "cols", tile)
+    tile = largest_divisor(height if h_pass else width, MAX_TILE)
+    threads_per_channel = (height // tile * size) if h_pass else (size * width // tile)
+    shared_per_channel = h_shared_bytes(height, size) if h_pass else w_shared_bytes(size, width)
+    c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, shared_per_channel, tunable)
+    strip, i, j = _blocks_over(sch, n, c_out, c_in, i, j, "columns" if h_pass else "rows", size)
+    stage_in_shared(sch, block, strip, [group, threads_per_channel], skip=set(), pad_rows=not h_pass)
+    _register_tile(sch, block, c_in, i, j, r, "rows" if h_pass else "cols", tile)
     return True
 
 
@@ -332,10 +319,8 @@ def schedule_cuda(sch: s_tir.Schedule, tunable: bool) -> bool:
         done = _schedule_toeplitz(sch, h_block, w_block, output, tunable)
     elif h_block is not None and w_block is not None:
         done = _direct_fused(sch, h_block, output, tunable)
-    elif h_block is not None:
-        done = _direct_h_alone(sch, h_block, tunable)
     else:
-        done = _direct_w_alone(sch, w_block, tunable)
+        done = _direct_one_pass(sch, output, h_pass=w_block is None, tunable=tunable)
     if done and tunable:
         mark_root_untouchable(sch)
     return done

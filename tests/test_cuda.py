@@ -82,6 +82,31 @@ def test_cuda_build_computes_the_model_when_emulated_on_the_cpu():
     _assert_emulated_build_matches_pytorch(prepare_relax(imported, named), named, 448)
 
 
+def _random_args(func, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal([int(d) for d in p.shape]).astype(str(p.dtype)) for p in func.params]
+
+
+def _assert_emulation_matches_cpu_build(scheduled: tvm.IRModule, unscheduled: tvm.IRModule, what: str):
+    """A GPU-scheduled module run thread by thread on this CPU against the same computation
+    unscheduled and built for the CPU, on random inputs (outputs are the last parameters;
+    every parameter is compared)."""
+    name = scheduled.get_global_vars()[0].name_hint
+    arrays = _random_args(scheduled[name])
+    emulated = run_on_cpu(scheduled, arrays, name)
+    reference = tvm.compile(unscheduled, target="llvm")
+    args = [tvm.runtime.tensor(a) for a in arrays]
+    reference[unscheduled.get_global_vars()[0].name_hint](*args)
+    error = max(float(np.abs(e - a.numpy()).max()) for e, a in zip(emulated, args))
+    assert error <= 1e-4, f"{what}: max abs error {error}"
+
+
+def _assert_candidate_computes_its_workload(record):
+    sch = tvm.s_tir.Schedule(record.workload.mod)
+    record.trace.apply_to_schedule(sch, remove_postproc=False)
+    _assert_emulation_matches_cpu_build(sch.mod, record.workload.mod, f"candidate {record.trace}"[:200])
+
+
 @pytest.fixture(scope="module")
 def fused_xt_cuda(imported_xt):
     named = get_target("cuda", cuda_arch="sm_90")
