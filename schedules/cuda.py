@@ -289,8 +289,8 @@ def _direct_fused(sch: s_tir.Schedule, h_block, output, tunable: bool) -> bool:
         return False  # too large for shared memory: cuda_passes splits such ops in our builds
     tile = direct_tile(rows, width)
     threads_per_channel = rows * width // tile
-    c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, fused_shared_bytes(height, rows, width),
-                                        tunable)
+    shared_per_channel = fused_shared_bytes(height, rows, width)
+    c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, shared_per_channel, tunable)
     row_tile, i, j = _blocks_over(sch, n, c_out, c_in, i, j, "rows", rows)
     thread_factors = [group, threads_per_channel]
     intermediate = {str(sch.get(h_block).writes[0].source.name)}
