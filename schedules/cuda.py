@@ -176,25 +176,36 @@ def w_shared_bytes(rows: int, width: int) -> int:
     return 4 * (rows * _padded(width) + (2 * width - 1))
 
 
+# Threads per channel: a block's outputs of one channel over the outputs each thread keeps.
+def fused_threads(rows: int, width: int) -> int:
+    return rows * width // direct_tile(rows, width)
+
+
+def h_threads(height: int, columns: int) -> int:
+    return height // largest_divisor(height, MAX_TILE) * columns
+
+
+def w_threads(rows: int, width: int) -> int:
+    return rows * width // largest_divisor(width, MAX_TILE)
+
+
 def direct_fused_rows(height: int, width: int) -> int | None:
     """Output rows per block of the fused op: whole maps unless a channel's staging or the
     thread count would overflow; None when no row tile fits (`cuda_passes` then splits)."""
     return largest_fitting(divisors(height), lambda rows: fused_shared_bytes(height, rows, width),
-                            lambda rows: rows * width // direct_tile(rows, width))
+                           lambda rows: fused_threads(rows, width))
 
 
 def direct_w_rows(height: int, width: int) -> int | None:
     """Rows per block of the W pass alone (each row is independent of the others)."""
-    tile = largest_divisor(width, MAX_TILE)
     return largest_fitting(divisors(height), lambda rows: w_shared_bytes(rows, width),
-                            lambda rows: rows * width // tile)
+                           lambda rows: w_threads(rows, width))
 
 
 def direct_h_columns(height: int, width: int) -> int | None:
     """Columns per block of the H pass alone (each column is independent of the others)."""
-    tile = largest_divisor(height, MAX_TILE)
     return largest_fitting(divisors(width), lambda columns: h_shared_bytes(height, columns),
-                            lambda columns: height // tile * columns)
+                           lambda columns: h_threads(height, columns))
 
 
 def cuda_passes(algo: str, height: int, width: int) -> tuple[str, ...]:
@@ -272,7 +283,7 @@ def _direct_one_pass(sch: s_tir.Schedule, block, h_pass: bool, tunable: bool) ->
     if size is None:
         return False
     tile = largest_divisor(height if h_pass else width, MAX_TILE)
-    threads_per_channel = (height // tile * size) if h_pass else (size * width // tile)
+    threads_per_channel = h_threads(height, size) if h_pass else w_threads(size, width)
     shared_per_channel = h_shared_bytes(height, size) if h_pass else w_shared_bytes(size, width)
     c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, shared_per_channel, tunable)
     strip, i, j = _blocks_over(sch, n, c_out, c_in, i, j, "columns" if h_pass else "rows", size)
@@ -288,7 +299,7 @@ def _direct_fused(sch: s_tir.Schedule, h_block, output, tunable: bool) -> bool:
     if rows is None:
         return False  # too large for shared memory: cuda_passes splits such ops in our builds
     tile = direct_tile(rows, width)
-    threads_per_channel = rows * width // tile
+    threads_per_channel = fused_threads(rows, width)
     shared_per_channel = fused_shared_bytes(height, rows, width)
     c_out, c_in, group = split_channel_groups(sch, c, threads_per_channel, shared_per_channel, tunable)
     row_tile, i, j = _blocks_over(sch, n, c_out, c_in, i, j, "rows", rows)

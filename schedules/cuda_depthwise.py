@@ -90,13 +90,14 @@ def schedule_depthwise(sch: s_tir.Schedule, tunable: bool) -> bool:
     def shared_bytes(rows: int) -> int:  # one channel: its padded rows and its taps
         return 4 * ((rows + kernel_h - 1) * (width + kernel_w - 1) + kernel_h * kernel_w)
 
-    rows = largest_fitting(divisors(height), shared_bytes,  # whole maps unless they do not fit
-                           lambda rows: rows // largest_divisor(rows, MAX_TILE) * width)
+    def threads(rows: int) -> int:  # one channel: `tile` outputs down a column per thread
+        return rows // largest_divisor(rows, MAX_TILE) * width
+
+    rows = largest_fitting(divisors(height), shared_bytes, threads)  # whole maps unless they do not fit
     if rows is None:
         return False
-    shared_per_channel = shared_bytes(rows)
+    shared_per_channel, threads_per_channel = shared_bytes(rows), threads(rows)
     tile = largest_divisor(rows, MAX_TILE)
-    threads_per_channel = rows // tile * width
 
     # Element-wise ops: all folded into the first one, which runs on each thread's accumulators.
     for block in reversed(epilogue[1:]):

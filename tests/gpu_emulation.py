@@ -35,13 +35,18 @@ def serial_module(mod: tvm.IRModule) -> tvm.IRModule:
     return tvm.script.from_source(text)
 
 
-def run_on_cpu(mod: tvm.IRModule, arrays, name: str = "main"):
-    """Build `serial_module(mod)` for this CPU, call `name` on `arrays` (numpy), and return
-    the arrays after the call (outputs are written in place)."""
-    executable = tvm.compile(serial_module(mod), target="llvm")
+def call_on_cpu(mod: tvm.IRModule, arrays, name: str = "main"):
+    """Build `mod` for this CPU, call `name` on `arrays` (numpy), and return the arrays after
+    the call (outputs are written in place)."""
+    executable = tvm.compile(mod, target="llvm")
     args = [tvm.runtime.tensor(a) for a in arrays]
     executable[name](*args)
     return [a.numpy() for a in args]
+
+
+def run_on_cpu(mod: tvm.IRModule, arrays, name: str = "main"):
+    """`call_on_cpu` on `serial_module(mod)`: the GPU-scheduled module, thread by thread."""
+    return call_on_cpu(serial_module(mod), arrays, name)
 
 
 def emulated_library(prepared: tvm.IRModule, target: tvm.target.Target):

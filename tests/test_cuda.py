@@ -17,7 +17,7 @@ from parcnet_tvm.tuning_log import open_database
 from parcnet_tvm.verify import load_vm, pytorch_output, reference_input, run_vm
 
 from conftest import SMALL
-from gpu_emulation import emulated_library, run_on_cpu
+from gpu_emulation import call_on_cpu, emulated_library, run_on_cpu
 
 def needs_gpu(test):
     """A GPU test: skipped with the reason where no GPU is visible; `pytest -m gpu` runs only these."""
@@ -87,10 +87,8 @@ def _assert_emulation_matches_cpu_build(scheduled: tvm.IRModule, unscheduled: tv
     name = scheduled.get_global_vars()[0].name_hint
     arrays = _random_args(scheduled[name])
     emulated = run_on_cpu(scheduled, arrays, name)
-    reference = tvm.compile(unscheduled, target="llvm")
-    args = [tvm.runtime.tensor(a) for a in arrays]
-    reference[unscheduled.get_global_vars()[0].name_hint](*args)
-    error = max(float(np.abs(e - a.numpy()).max()) for e, a in zip(emulated, args))
+    reference = call_on_cpu(unscheduled, arrays, unscheduled.get_global_vars()[0].name_hint)
+    error = max(float(np.abs(e - r).max()) for e, r in zip(emulated, reference))
     assert error <= 1e-4, f"{what}: max abs error {error}"
 
 
