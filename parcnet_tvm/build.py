@@ -10,7 +10,7 @@ import torch
 import tvm
 from tvm import relax
 
-from schedules import apply_hand_schedules, mark_depthwise_convs
+from schedules import mark_depthwise_convs, schedule_kernels
 
 from . import manifest as manifest_io
 from .checkpoint import load_checkpoint
@@ -117,7 +117,8 @@ def prepare_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool 
     4. schedule the rest by hand: our op's rule, then the CPU fallback.
 
     tvm_default=True skips all of it: TVM's own default build, the untuned baseline.
-    `stats`, if given, receives how many PrimFuncs came from the database vs our fallbacks.
+    `stats`, if given, receives how many PrimFuncs came from the database vs our rules, and
+    which rule scheduled each kernel (`kernel_schedules`).
     """
     if tvm_default:
         return mod
@@ -128,7 +129,10 @@ def prepare_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool 
         funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
         tuned = sum(1 for f in funcs if f.attrs is not None and f.attrs.get("tirx.is_scheduled", False))
         stats.update(primfuncs=len(funcs), from_database=tuned, fallback=len(funcs) - tuned)
-    return apply_hand_schedules(mod, named_target.target)
+    mod, kernel_schedules = schedule_kernels(mod, named_target.target)
+    if stats is not None:
+        stats["kernel_schedules"] = kernel_schedules
+    return mod
 
 
 def legalize_and_fuse(mod: tvm.IRModule, named_target: NamedTarget | None = None,
@@ -218,6 +222,8 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "math": "exact" if request.exact_math or request.tvm_default or named_target.name == "cuda"
                 else "fast-erf GELU",
         "schedules": "tvm-default" if request.tvm_default else "ours",
+        # rule name -> kernels it scheduled (ours, `tuning_database`, or a fallback)
+        "kernel_schedules": stats.get("kernel_schedules", {}),
         "cuda_graph": uses_cuda_graph(named_target, request.cuda_graph, request.tvm_default),
         "oversized_op": {"custom_op": request.custom_op and not request.tvm_default,
                          "algo": request.oversized_algo},

@@ -1,61 +1,136 @@
-"""Hand-written schedules: the oversized depth-wise convolution, one module per target family;
-CUDA's small depth-wise convs; the CPU fallback for every other op of an untuned build.
+"""Hand-written schedules, one rule per op family and target family.
 
-Each rule is a dlight `ScheduleRule` (pattern check + schedule): `apply_hand_schedules` uses
-them for untuned builds, and `register_metaschedule_rules` hands the same code to
-MetaSchedule as the design space of the blocks annotated for it (our op, and on CUDA the
-depth-wise convs), with tile sizes as sampled knobs.
+Each rule is a dlight `ScheduleRule` (pattern check + schedule; `None` when a function is not
+its pattern) usable two ways: `schedule_kernels` applies the rules in order to every kernel
+a tuning database did not schedule (untuned builds), and `hand_rule_for` gives MetaSchedule
+the rule that matches a task, whose sampled tile sizes are then the tuned knobs
+(`tune.py --design-space ours`). `register_metaschedule_rules` is for MetaSchedule's generic
+space: our op's blocks (and CUDA's depth-wise convs) are annotated with their rule's name.
 """
 
 from __future__ import annotations
 
+import re
+
 import tvm
 import tvm_ffi
-from tvm.s_tir.dlight import ApplyDefaultSchedule
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
 
 from .arm import OversizedConvArm
+from .cpu_conv import ConvNhwcCpu
+from .cpu_depthwise import DepthwiseConvCpu
+from .cpu_elementwise import ElementwiseCpu
 from .cpu_fallback import ParallelVectorizeFallback
+from .cpu_gemm import GemmCpu
+from .cpu_norm import LayerNormGeneralCpu, ReductionCpu
 from .cuda import OversizedConvCuda
 from .cuda_depthwise import DepthwiseConvCuda, mark_depthwise_convs
 from .x86 import OversizedConvX86
 
 OVERSIZED_ARM, OVERSIZED_X86, OVERSIZED_CUDA = OversizedConvArm(), OversizedConvX86(), OversizedConvCuda()
 DEPTHWISE_CUDA = DepthwiseConvCuda()
-# Tried in this order on every PrimFunc not scheduled yet: our op; on CPUs every other op by
-# the fallback; on CUDA the small depth-wise convs, which dlight has no rule for (TVM's
-# pipeline applies dlight's GPU rules to the rest).
-RULES = (OVERSIZED_ARM, OVERSIZED_X86, OVERSIZED_CUDA, ParallelVectorizeFallback(), DEPTHWISE_CUDA)
+# Tried in this order on every kernel not scheduled yet. CPUs: our op, then one rule per op
+# family, then the generic fallback. CUDA: our op and the small depth-wise convs, then
+# dlight's GPU rules as TVM's default CUDA pipeline orders them.
+CPU_RULES = (OVERSIZED_ARM, OVERSIZED_X86, GemmCpu(), ConvNhwcCpu(), DepthwiseConvCpu(),
+             LayerNormGeneralCpu(), ElementwiseCpu(), ReductionCpu(), ParallelVectorizeFallback())
+CUDA_RULES = (OVERSIZED_CUDA, DEPTHWISE_CUDA, dlight.gpu.Matmul(), dlight.gpu.GEMV(),
+              dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())
+FROM_DATABASE = "tuning_database"
+TVM_DEFAULT = "tvm_default_fallback"  # no rule applied: TVM's naive default lowering
 # MetaSchedule looks up "s_tir.meta_schedule.<target key>.<schedule_rule>" for each key of
 # the target in order: ARM targets have keys (arm_cpu, cpu), x86 (cpu), CUDA (cuda, gpu).
-TUNABLE_RULES = {"arm_cpu": (OVERSIZED_ARM,), "cpu": (OVERSIZED_X86,), "cuda": (OVERSIZED_CUDA, DEPTHWISE_CUDA)}
+ANNOTATED_RULES = {"arm_cpu": (OVERSIZED_ARM,), "cpu": (OVERSIZED_X86,), "cuda": (OVERSIZED_CUDA, DEPTHWISE_CUDA)}
+
+
+def rule_name(rule) -> str:
+    """Our rules' own names; dlight's as `dlight_<rule>` (its Fallback: `dlight_fallback`)."""
+    name = getattr(rule, "name", None)
+    if name:
+        return name
+    return "dlight_" + re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", type(rule).__name__).lower()
+
+
+def rules_for(target: tvm.target.Target) -> list:
+    rules = CUDA_RULES if target.kind.name == "cuda" else CPU_RULES
+    return [rule for rule in rules if rule.is_target_available(target)]
+
+
+def _is_scheduled(func) -> bool:
+    return func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False))
+
+
+def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, dict]:
+    """Schedule every kernel (PrimFunc) of a legalized, fused `mod` that a tuning database has
+    not scheduled, by the first rule that matches it. Returns the module and which rule
+    scheduled which kernels: {rule name: [kernel names]} (`tuning_database` for the kernels
+    that came scheduled, `tvm_default_fallback` for any no rule took)."""
+    rules = rules_for(target)
+    used: dict[str, list[str]] = {}
+    updated = {}
+    with target:
+        for var, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            name = var.name_hint
+            if _is_scheduled(func):
+                used.setdefault(FROM_DATABASE, []).append(name)
+                continue
+            for rule in rules:
+                sch = rule.apply(func, target, False)
+                if sch is not None:
+                    updated[var] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    used.setdefault(rule_name(rule), []).append(name)
+                    break
+            else:
+                used.setdefault(TVM_DEFAULT, []).append(name)
+    for var, func in updated.items():
+        mod[var] = func
+    return mod, {rule: sorted(names) for rule, names in sorted(used.items())}
 
 
 def apply_hand_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Schedule every PrimFunc of a legalized, fused `mod` that is not scheduled yet (untuned
-    or missing from the tuning database): our op by its rule, the rest by the fallback."""
-    rules = [rule for rule in RULES if rule.is_target_available(target)]
+    return schedule_kernels(mod, target)[0]
+
+
+def hand_rule_for(func: tirx.PrimFunc, target: tvm.target.Target):
+    """The hand rule (not a fallback, not dlight's) that schedules `func`, or None: its
+    schedule with sampled tiles is the task's MetaSchedule design space."""
     with target:
-        return ApplyDefaultSchedule(*rules)(mod)
+        for rule in rules_for(target):
+            if not hasattr(rule, "apply_to") or "fallback" in rule_name(rule):
+                continue
+            if rule.apply(func, target, False) is not None:
+                return rule
+    return None
 
 
-def _register(key: str, rule) -> None:
-    def custom_rule(sch, block):  # (Schedule, SBlockRV) -> [Schedule]
-        target = tvm.target.Target.current(allow_none=True) or _target_for(key)
+def hand_rule_space(rule, target: tvm.target.Target):
+    """MetaSchedule's design space of one task: `rule`'s schedule with its tile knobs sampled."""
+    from tvm.s_tir.meta_schedule.space_generator import ScheduleFn
+
+    def space(sch: s_tir.Schedule):
         return rule.apply_to(sch, target)
+
+    return ScheduleFn(space)
+
+
+def register_metaschedule_rules(target: tvm.target.Target | None = None) -> None:
+    """Register our rules for the blocks annotated with their names (MetaSchedule's generic
+    space looks them up by name). An explicit call: importing this package registers nothing."""
+    for key, rules in ANNOTATED_RULES.items():
+        for rule in rules:
+            _register(key, rule, target)
+
+
+def _register(key: str, rule, target) -> None:
+    def custom_rule(sch, block):  # (Schedule, SBlockRV) -> [Schedule]
+        current = tvm.target.Target.current(allow_none=True) or target
+        return rule.apply_to(sch, current)
 
     tvm_ffi.register_global_func(f"s_tir.meta_schedule.{key}.{rule.name}", custom_rule, override=True)
 
 
-def _target_for(key: str) -> tvm.target.Target:
-    from parcnet_tvm.targets import get_target
-
-    return get_target({"arm_cpu": "arm", "cpu": "x86", "cuda": "cuda"}[key]).target
-
-
-def register_metaschedule_rules() -> None:
-    for key, rules in TUNABLE_RULES.items():
-        for rule in rules:
-            _register(key, rule)
-
-
-register_metaschedule_rules()
+__all__ = ["schedule_kernels", "apply_hand_schedules", "hand_rule_for", "hand_rule_space",
+           "register_metaschedule_rules", "mark_depthwise_convs", "rules_for", "rule_name"]

@@ -19,6 +19,8 @@ UNROLL_STEPS = 16
 
 
 class ParallelVectorizeFallback(ScheduleRule):
+    name = "cpu_fallback"
+
     def is_target_available(self, target: Target) -> bool:
         return target.kind.name == "llvm"
 

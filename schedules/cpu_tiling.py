@@ -144,3 +144,129 @@ def schedule_cpu(sch: s_tir.Schedule, limits: CpuLimits, tunable: bool) -> bool:
     if tunable:
         mark_root_untouchable(sch)
     return True
+
+
+# ---------------------------------------------------------------- register tiles of other ops
+# The GEMMs, the stem/downsampling convs and the 7x7 depth-wise convs share one shape on a
+# channels-last CPU graph: spatial loops (..., rows, cols) with `cols` the contiguous output
+# channel, and reduction loops that read one input scalar or vector per step. Each is tiled
+# the same way: `rows x vectors` accumulators (vectors of `lanes` channels) stay in registers
+# while the reduction loops run around them, and the ops fused after it (bias, residual add,
+# scale, gate) are applied to the accumulators on their single write.
+
+
+def vector_lanes(extent: int, lanes: int) -> int:
+    """The widest vector (lanes, lanes/2, ...; at least 2) dividing `extent`; 1 if none."""
+    while lanes >= 2:
+        if extent % lanes == 0:
+            return lanes
+        lanes //= 2
+    return 1
+
+
+def without_unit(choices: list[int]) -> list[int]:
+    """Tunable tile choices without 1 where a larger one exists: a unit loop is dropped from
+    blocks that cache_write / decompose_reduction create, which would change how many loops a
+    replayed trace finds (MetaSchedule rejects such a trace)."""
+    return [c for c in choices if c > 1] or choices
+
+
+def register_tile_choices(rows: int, vectors_total: int, accumulators: int, max_vectors: int = 4):
+    """(row choices, vector choices, default (rows, vectors)) for a rows x cols output whose
+    cols are `vectors_total` vectors. The default fills the accumulator budget: the most
+    multiply-adds per loaded value (loads per step: rows + vectors, FMAs: rows x vectors)."""
+    vector_options = [d for d in divisors(vectors_total) if d <= max_vectors]
+    row_options = [d for d in divisors(rows) if d <= accumulators]
+    best = max(((r, v) for r in row_options for v in vector_options if r * v <= accumulators),
+               key=lambda rv: (rv[0] * rv[1], rv[1]))
+    return without_unit(row_options), without_unit(vector_options), best
+
+
+def register_tile(sch: s_tir.Schedule, block, rows: int | object, vectors: int | object, lanes: int,
+                  parallel_jobs: int, col_block: int | None = None, unroll_reductions: int = 0):
+    """Tile the reduction `block` (loops: spatial ..., row, col, then reductions) for registers.
+
+    Loop order: parallel over (outer spatial, column block, row tiles[, column tiles]), then
+    the reductions, then the `rows x vectors x lanes` tile (rows and vectors unrolled, lanes
+    vectorised). `col_block` columns are walked per row tile so that the weights they read stay
+    in cache. Every block consuming `block`'s output elementwise is inlined into the write of
+    the accumulators. `unroll_reductions`: unroll that many innermost reduction loops too.
+    Returns the write-back block."""
+    loops = sch.get_loops(block)
+    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+    spatial = [loop for loop, kind in zip(loops, kinds) if kind == 0]
+    reductions = [loop for loop, kind in zip(loops, kinds) if kind != 0]
+    *outer, row, col = spatial
+    cols = int(sch.get(col).extent)
+    if col_block and col_block < cols:
+        col_outer, col = sch.split(col, [None, col_block])
+        outer.append(col_outer)
+    row_outer, row_inner = sch.split(row, [None, rows])
+    col_outer, col_vectors, col_lanes = sch.split(col, [None, vectors, lanes])
+    sch.reorder(*outer, row_outer, col_outer, *reductions, row_inner, col_vectors, col_lanes)
+    outer.append(row_outer)
+    extents = [int(sch.get(loop).extent) for loop in outer]
+    if _product(extents) < parallel_jobs:  # too few row tiles: spread the column tiles too
+        outer.append(col_outer)
+    parallel_loop = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(parallel_loop)
+    anchor = col_outer if not outer[-1].same_as(col_outer) else parallel_loop
+
+    accumulators = sch.cache_write(block, 0, "local")
+    for consumer in _elementwise_consumers(sch, accumulators):
+        sch.reverse_compute_inline(consumer)
+    sch.reverse_compute_at(accumulators, anchor)
+    # Vectorise while the block still has its init: once decomposed, the update block is
+    # neither complete nor a reduction, and vectorize refuses it.
+    sch.unroll(row_inner)
+    sch.unroll(col_vectors)
+    sch.vectorize(col_lanes)
+    for loop in reductions[len(reductions) - unroll_reductions:] if unroll_reductions else ():
+        sch.unroll(loop)
+    init = sch.decompose_reduction(block, reductions[0])
+    init_loops = sch.get_loops(init)
+    for loop in init_loops[-3:-1]:
+        sch.unroll(loop)
+    sch.vectorize(init_loops[-1])
+    *write_outer, write_cols = sch.get_loops(accumulators)[-2:]
+    _, write_lanes = sch.split(write_cols, [None, lanes])
+    sch.vectorize(write_lanes)
+    return accumulators
+
+
+def _product(values) -> int:
+    result = 1
+    for v in values:
+        result *= v
+    return result
+
+
+def _elementwise_consumers(sch: s_tir.Schedule, block) -> list:
+    """The chain of blocks after `block` that can be inlined into its write (in order)."""
+    chain, current = [], block
+    while True:
+        consumers = sch.get_consumers(current)
+        if len(consumers) != 1:
+            return chain
+        consumer = consumers[0]
+        if not _is_elementwise(sch, consumer):
+            return chain
+        chain.append(consumer)
+        current = consumer
+
+
+def _is_elementwise(sch: s_tir.Schedule, block) -> bool:
+    stmt = sch.get(block)
+    return all(iv.iter_type == 0 for iv in stmt.iter_vars) and len(stmt.writes) == 1
+
+
+def parallel_elementwise(sch: s_tir.Schedule, block, lanes: int, parallel_jobs: int) -> None:
+    """An elementwise block: its loops fused, vectorised by the widest vector dividing them,
+    and parallel over the rest."""
+    loops = sch.get_loops(block)
+    width = vector_lanes(int(sch.get(loops[-1]).extent), lanes)  # whole vectors within a row
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    if width > 1:
+        fused, inner = sch.split(fused, [None, width])
+        sch.vectorize(inner)
+    sch.parallel(fused)

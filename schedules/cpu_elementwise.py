@@ -1,0 +1,75 @@
+"""Kernels of elementwise and data-movement ops on CPUs: the GELU gates (split, fast-erf GELU,
+multiply), the residual scales, the channel splits, reshapes and transposes.
+
+Every intermediate block is inlined into the blocks that write the kernel's outputs, so a
+kernel makes one pass over memory; each output block runs in parallel chunks of whole
+vectors. A transpose (around our channels-first oversized op) is walked in square tiles of
+`lanes x lanes`: its reads and writes both stay within a few cache lines per tile.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.target import Target
+
+from .common import HandRule
+from .cpu_target import cpu_target
+from .cpu_tiling import parallel_elementwise, vector_lanes
+
+SCHEDULE_RULE = "cpu_elementwise"
+
+
+def all_spatial(sch: s_tir.Schedule, blocks) -> bool:
+    return all(iv.iter_type == 0 for b in blocks for iv in sch.get(b).iter_vars)
+
+
+class ElementwiseCpu(HandRule):
+    name = SCHEDULE_RULE
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if not blocks or not all_spatial(sch, blocks):
+            return False
+        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+        for block in blocks:
+            if sch.get(block).name_hint not in outputs:
+                sch.compute_inline(block)
+        cpu = cpu_target(target)
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            source_axis = _transposed_axis(sch, block)
+            if source_axis is None:
+                parallel_elementwise(sch, block, cpu.lanes, cpu.parallel_jobs)
+            else:
+                _tiled_transpose(sch, block, source_axis, cpu.lanes)
+        return True
+
+
+def _transposed_axis(sch: s_tir.Schedule, block) -> int | None:
+    """For a block reading one buffer whose contiguous axis is not the output's: the position
+    of the output loop that walks the input's contiguous axis; else None."""
+    stmt = sch.get(block)
+    if len(stmt.reads) != 1:
+        return None
+    iter_vars = [iv.var for iv in stmt.iter_vars]
+    last_read = stmt.reads[0].region[-1].min
+    found = [i for i, var in enumerate(iter_vars) if last_read.same_as(var)]
+    if not found or found[0] == len(iter_vars) - 1:
+        return None
+    return found[0]
+
+
+def _tiled_transpose(sch: s_tir.Schedule, block, axis: int, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    source, target_loop = loops[axis], loops[-1]
+    source_lanes = vector_lanes(int(sch.get(source).extent), lanes)
+    target_lanes = vector_lanes(int(sch.get(target_loop).extent), lanes)
+    source_outer, source_inner = sch.split(source, [None, source_lanes])
+    target_outer, target_inner = sch.split(target_loop, [None, target_lanes])
+    others = [loop for i, loop in enumerate(loops[:-1]) if i != axis]
+    sch.reorder(*others, source_outer, target_outer, source_inner, target_inner)
+    sch.parallel(sch.fuse(*others, source_outer))
+    sch.unroll(source_inner)
+    sch.vectorize(target_inner)
