@@ -36,7 +36,10 @@ from tvm.s_tir.meta_schedule.runner import (EvaluatorConfig, LocalRunner, PyRunn
                                             RPCConfig, RPCRunner)
 from tvm.s_tir.analysis import estimate_tir_flops
 
-import schedules  # noqa: F401  (registers our MetaSchedule rules)
+from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+from tvm.s_tir.meta_schedule.utils import fork_seed
+
+from schedules import hand_rule_for, hand_rule_space, register_metaschedule_rules
 
 from . import board
 from .errors import ParcnetError
@@ -430,11 +433,36 @@ class TuneSummary:
     best_ms: dict = field(default_factory=dict)
 
 
+DESIGN_SPACES = ("ours", "generic")
+
+
+def task_contexts(tasks, named: NamedTarget, work_dir, design_space: str = "ours", seed: int | None = None):
+    """One TuneContext per task, and the tasks' weights. Design space `ours`: a task that one of
+    our hand rules schedules is searched within that schedule, its tile sizes the knobs (a small
+    space that starts where the untuned build is); the other tasks, and every task under
+    `generic`, get MetaSchedule's generic rules for the target."""
+    if design_space not in DESIGN_SPACES:
+        raise ParcnetError(f"unknown design space {design_space!r}: choose one of {', '.join(DESIGN_SPACES)}")
+    register_metaschedule_rules(named.target)  # our op's annotated blocks, in the generic space
+    contexts = []
+    loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
+    for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks))):
+        mod = task.dispatched[0]
+        rule = hand_rule_for(mod["main"], named.target) if design_space == "ours" else None
+        space = hand_rule_space(rule, named.target) if rule is not None else "post-order-apply"
+        contexts.append(ms.TuneContext(
+            mod=mod, target=task.target, space_generator=space,
+            search_strategy=ms.search_strategy.EvolutionarySearch(population_size=256),
+            task_name=task.task_name, logger=logger, rand_state=rand_state, num_threads=host_cores(),
+        ).clone())
+    return contexts, [task.weight for task in tasks]
+
+
 def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget: TuneBudget,
                       measurement: Measurement, warm_start=(), only=None, seed: int | None = None,
-                      log=print, tasks=None) -> TuneSummary:
+                      log=print, tasks=None, design_space: str = "ours") -> TuneSummary:
     """Tune the fused module's tasks (`tasks`, if the caller extracted them already) into the JSON
-    database in `work_dir` (created or resumed)."""
+    database in `work_dir` (created or resumed), each within `design_space` (see task_contexts)."""
     work_dir = Path(work_dir)
     database = open_database(work_dir, create=True, log=log)
     tasks = extract_tasks(fused, named, only) if tasks is None else tasks
@@ -476,9 +504,7 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
 
     trials_left = [caps[i] - recorded[i] for i in todo]
     selected = [tasks[i] for i in todo]
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        selected, str(work_dir), strategy=ms.search_strategy.EvolutionarySearch(population_size=256),
-        num_threads=host_cores(), seed=seed)
+    contexts, weights = task_contexts(selected, named, work_dir, design_space, seed)
     progress = TuningProgress(weights, TuneBudget(remaining, max(trials_left), budget.trials_per_iter,
                                                   budget.time_budget_min), measurement.emulated, log)
     deadline = time.time() + 60 * budget.time_budget_min if budget.time_budget_min else None
@@ -541,6 +567,7 @@ class TuneRequest:
     exact_math: bool = False
     compare: int = 5                   # repeats of the latency table (0: no table)
     seed: int | None = None
+    design_space: str = "ours"         # ours: within our hand schedules where one applies; generic
 
 
 BOARD_HOWTO = """no board given, so nothing was tuned for ARM: the library above uses our hand schedules{logs}.
@@ -609,7 +636,8 @@ def tune_model(request: TuneRequest, log=print) -> dict:
                                 request.time_budget)
         with _measurement_for(request, named, log) as measurement:
             summary = tune_fused_module(fused, named, work_dir, budget, measurement, request.warm_start,
-                                        request.only, request.seed, log, tasks=tasks)
+                                        request.only, request.seed, log, tasks=tasks,
+                                        design_space=request.design_space)
         log(f"[tune] {summary.trials_new} new trials in {summary.seconds / 60:.1f} min ({summary.stopped}); "
             f"log: {work_dir}")
 
@@ -681,6 +709,7 @@ def tune_oversized_ops(mod: tvm.IRModule, named_target: NamedTarget, work_dir, t
     if not len(funcs.functions_items()):
         raise ParcnetError("the module has no oversized-op PrimFuncs: rewrite it first")
     Path(work_dir).mkdir(parents=True, exist_ok=True)
+    register_metaschedule_rules(named_target.target)  # the op's blocks are annotated with its rule
     measurement = local_measurement(named_target)  # pooled builds, one measurement at a time
     return ms.tune_tir(funcs, named_target.target, str(work_dir), max_trials_global=trials,
                        num_trials_per_iter=trials_per_iter, builder=measurement.builder,

@@ -85,6 +85,7 @@ def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.
                     break
             else:
                 used.setdefault(TVM_DEFAULT, []).append(name)
+    mod = mod.clone()  # the caller's module stays unscheduled
     for var, func in updated.items():
         mod[var] = func
     return mod, {rule: sorted(names) for rule, names in sorted(used.items())}

@@ -45,7 +45,7 @@ def find_conv_nhwc(sch: s_tir.Schedule, names: tuple[str, ...]):
 
 
 def schedule_conv_nhwc(sch: s_tir.Schedule, target: Target, tunable: bool, names: tuple[str, ...],
-                       unroll_reductions: int) -> bool:
+                       depthwise: bool = False) -> bool:
     found = find_conv_nhwc(sch, names)
     if found is None:
         return False
@@ -54,11 +54,14 @@ def schedule_conv_nhwc(sch: s_tir.Schedule, target: Target, tunable: bool, names
     _, _, width, channels = (int(iv.dom.extent) for iv in sch.get(conv).iter_vars[:4])
     lanes = vector_lanes(channels, cpu.lanes)
     row_choices, vector_choices, (default_rows, default_vectors) = register_tile_choices(
-        width, channels // lanes, cpu.accumulators)
+        width, channels // lanes, cpu.vector_registers, inputs_per_vector=int(depthwise))
+    # Depth-wise: unroll the kernel's columns (neighbouring outputs then share input vectors)
+    # where the register file has room for them (32 registers; with 16 NEON spilled them).
+    unroll = 2 if depthwise and cpu.vector_registers >= 32 else 0
     register_tile(sch, conv,
                   knob(sch, row_choices, default_rows, tunable),
                   knob(sch, vector_choices, default_vectors, tunable),
-                  lanes, cpu.parallel_jobs, unroll_reductions=unroll_reductions)
+                  lanes, cpu.parallel_jobs, unroll_reductions=unroll)
     if pad is not None:
         parallel_elementwise(sch, pad, cpu.lanes, cpu.parallel_jobs)
     if tunable:
@@ -73,4 +76,4 @@ class ConvNhwcCpu(HandRule):
         return target.kind.name == "llvm"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
-        return schedule_conv_nhwc(sch, target, tunable, CONV_BLOCKS, unroll_reductions=0)
+        return schedule_conv_nhwc(sch, target, tunable, CONV_BLOCKS)

@@ -4,8 +4,9 @@ other half of the channels).
 
 Tiled like the other convs (`rows` output pixels x `vectors` channel vectors of
 accumulators), except that each step reads an input vector rather than a broadcast scalar:
-a depth-wise conv pairs channel c of the input with channel c of the kernel. The kernel's
-column loop is unrolled, so that neighbouring outputs reuse the input vectors they share.
+a depth-wise conv pairs channel c of the input with channel c of the kernel, so the tile
+leaves a register per column vector for it. With 32 vector registers the kernel's column
+loop is unrolled too, so that neighbouring outputs reuse the input vectors they share.
 """
 
 from __future__ import annotations
@@ -27,4 +28,4 @@ class DepthwiseConvCpu(HandRule):
         return target.kind.name == "llvm"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
-        return schedule_conv_nhwc(sch, target, tunable, DEPTHWISE_BLOCKS, unroll_reductions=2)
+        return schedule_conv_nhwc(sch, target, tunable, DEPTHWISE_BLOCKS, depthwise=True)

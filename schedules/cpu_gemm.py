@@ -69,7 +69,7 @@ class GemmCpu(HandRule):
         rows, columns, depth = (int(iv.dom.extent) for iv in sch.get(block).iter_vars)
         lanes = vector_lanes(columns, cpu.lanes)
         row_choices, vector_choices, (default_rows, default_vectors) = register_tile_choices(
-            rows, columns // lanes, cpu.accumulators)
+            rows, columns // lanes, cpu.vector_registers)
         unit = lanes * math.lcm(*vector_choices)
         register_tile(sch, block,
                       knob(sch, row_choices, default_rows, tunable),

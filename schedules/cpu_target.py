@@ -43,12 +43,6 @@ class CpuTarget:
     l2_bytes: int
 
     @property
-    def accumulators(self) -> int:
-        """Vector registers a register tile may keep its sums in: the rest hold the tile's
-        weight vectors and the broadcast input (AVX-512: 24 of 32; 16-register ISAs: 12)."""
-        return self.vector_registers * 3 // 4
-
-    @property
     def parallel_jobs(self) -> int:
         """Parallel chunks to aim for: a few per core, so that uneven chunks still balance."""
         return 4 * self.cores

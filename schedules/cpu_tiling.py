@@ -171,13 +171,23 @@ def without_unit(choices: list[int]) -> list[int]:
     return [c for c in choices if c > 1] or choices
 
 
-def register_tile_choices(rows: int, vectors_total: int, accumulators: int, max_vectors: int = 4):
+def tile_registers(rows: int, vectors: int, inputs_per_vector: int = 0) -> int:
+    """Vector registers a rows x vectors tile needs: its accumulators, its weight vectors, two
+    for the broadcast input (LLVM loads the next one while the last is in use), and
+    `inputs_per_vector` more per column vector where inputs are vectors (depth-wise convs)."""
+    return rows * vectors + vectors * (1 + inputs_per_vector) + 2
+
+
+def register_tile_choices(rows: int, vectors_total: int, registers: int, max_vectors: int = 4,
+                          inputs_per_vector: int = 0):
     """(row choices, vector choices, default (rows, vectors)) for a rows x cols output whose
-    cols are `vectors_total` vectors. The default fills the accumulator budget: the most
+    cols are `vectors_total` vectors, on a CPU with `registers` vector registers. The default
+    is the largest tile that fits the register file (no spills in the inner loop): the most
     multiply-adds per loaded value (loads per step: rows + vectors, FMAs: rows x vectors)."""
     vector_options = [d for d in divisors(vectors_total) if d <= max_vectors]
-    row_options = [d for d in divisors(rows) if d <= accumulators]
-    best = max(((r, v) for r in row_options for v in vector_options if r * v <= accumulators),
+    row_options = [d for d in divisors(rows) if tile_registers(d, 1) <= registers]
+    best = max(((r, v) for r in row_options for v in vector_options
+                if tile_registers(r, v, inputs_per_vector) <= registers),
                key=lambda rv: (rv[0] * rv[1], rv[1]))
     return without_unit(row_options), without_unit(vector_options), best
 

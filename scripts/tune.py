@@ -46,6 +46,9 @@ def parse_args(argv=None):
     parser.add_argument("--compare", type=int, default=5, metavar="N",
                         help="time untuned, tuned and PyTorch eager N times each (0: skip)")
     parser.add_argument("--seed", type=int, help="random seed of the search")
+    parser.add_argument("--design-space", choices=("ours", "generic"), default="ours",
+                        help="ours (default): search within our hand schedules, tile sizes as knobs, where "
+                             "one applies; generic: MetaSchedule's own rules for every task")
     parser.add_argument("-o", "--output", help="library path (default build/parcnetv2_<model>-<target>-<size>.so)")
     return parser.parse_args(argv)
 
@@ -59,6 +62,7 @@ def main(argv=None):
         warm_start=tuple(args.warm_start), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc=args.rpc,
         emulate=args.emulate, output=args.output, only=tuple(args.only), mcpu=args.mcpu,
         cuda_arch=args.cuda_arch, exact_math=args.exact_math, compare=args.compare, seed=args.seed,
+        design_space=args.design_space,
     )
     try:
         tune_model(request, log=functools.partial(print, flush=True))  # progress shows up in logs at once

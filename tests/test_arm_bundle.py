@@ -1,5 +1,6 @@
 """The ARM bundle on the emulated board: runtime, runner, verification under qemu, RPC."""
 
+import re
 import subprocess
 import time
 
@@ -169,3 +170,55 @@ def test_runner_preprocesses_images_like_imagenet_eval(xt_arm, runtime, tmp_path
     bad.write_bytes(b"not an image")
     refused = arm_bundle.run_runner(library, ["--input", str(bad)], runtime)
     assert refused.returncode == 1 and "not a readable image" in refused.stderr
+
+
+def _functions(disassembly: str) -> dict[str, list[tuple[int, str]]]:
+    """{symbol: [(address, instruction)]} from `objdump -d --no-show-raw-insn`."""
+    functions, current = {}, None
+    for line in disassembly.splitlines():
+        if line.endswith(">:"):
+            current = functions.setdefault(line.split("<")[1][:-2], [])
+        elif current is not None and ":\t" in line:
+            address, _, text = line.strip().partition(":\t")
+            current.append((int(address, 16), text.strip()))
+    return functions
+
+
+BRANCHES = {"b"} | {"b" + cc for cc in "eq ne cs hs cc lo mi pl vs vc hi ls ge lt gt le".split()}
+
+
+def _innermost_fma_loops(body: list[tuple[int, str]]) -> list[list[str]]:
+    """The instructions of each loop (a backward branch) that holds a q-register FMA and
+    contains no smaller such loop."""
+    ranges = []
+    for address, text in body:
+        op, _, operand = text.partition("\t")
+        target = operand.split(" ")[0]
+        if op in BRANCHES and re.fullmatch(r"[0-9a-f]+", target) and int(target, 16) < address:
+            ranges.append((int(target, 16), address))
+    loops = {r: [t for a, t in body if r[0] <= a <= r[1]] for r in ranges}
+    with_fma = [r for r, loop in loops.items() if any(re.match(r"v(fma|mla)\.f32\s+q", t) for t in loop)]
+    innermost = [r for r in with_fma if not any(o != r and r[0] <= o[0] and o[1] <= r[1] for o in with_fma)]
+    return [loops[r] for r in innermost]
+
+
+def test_arm_hot_loops_use_neon_fmas_and_the_gemm_loop_never_spills(xt_arm):
+    """The NEON variant of every rule, read from the ARM build: the GEMM, conv, depth-wise and
+    oversized kernels' inner loops multiply-add on q registers, and the GEMM micro-kernel's
+    inner loop keeps its accumulators in registers (no store, nothing read from the stack)."""
+    library, manifest = xt_arm
+    assert not [rule for rule in manifest["kernel_schedules"] if "fallback" in rule]
+    disassembly = subprocess.run(["arm-linux-gnueabihf-objdump", "-d", "--no-show-raw-insn", str(library)],
+                                 capture_output=True, text=True, check=True).stdout
+    functions = _functions(disassembly)
+    hot = {rule: manifest["kernel_schedules"][rule] for rule in
+           ("cpu_gemm", "cpu_conv", "cpu_depthwise_conv", "oversized_conv")}
+    for rule, kernels in hot.items():
+        for kernel in kernels:
+            body = next(b for name, b in functions.items() if name.startswith(kernel + "_compute"))
+            loops = _innermost_fma_loops(body)
+            assert loops, f"{rule}: {kernel} has no loop of q-register FMAs"
+            if rule == "cpu_gemm":
+                for loop in loops:
+                    spills = [t for t in loop if re.match(r"(v?st|vpush|push)", t) or "[sp" in t]
+                    assert not spills, f"{kernel}: the GEMM inner loop spills: {spills}"

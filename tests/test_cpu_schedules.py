@@ -1,0 +1,135 @@
+"""The CPU hand rules (schedules/cpu_*.py): which kernels each one schedules, that a scheduled
+kernel computes what TVM's unscheduled kernel computes, that tiles follow the target, and
+that the rules are MetaSchedule's design space."""
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+from tvm import tirx
+
+from parcnet_tvm.targets import get_target
+from parcnet_tvm.tune import task_contexts, extract_tasks
+from schedules import hand_rule_for, schedule_kernels
+from schedules.cpu_target import cpu_target
+from schedules.cpu_tiling import register_tile_choices, tile_registers
+
+from conftest import SMALL
+
+# Every kernel family of ParCNetV2 and the rule that must schedule it.
+FAMILY_RULES = {
+    "fused_matmul": "cpu_gemm",                  # 1x1 convs and Linear layers, bias/residual fused
+    "layer_norm_general": "cpu_layer_norm_general",
+    "oversized_conv": "oversized_conv",
+    "gelu": "cpu_elementwise",
+    "transpose": "cpu_elementwise",
+}
+TARGETS = {"avx512": ("x86", "znver4"), "avx2": ("x86", "haswell"), "neon": ("arm", None)}
+
+
+def named(isa):
+    name, mcpu = TARGETS[isa]
+    return get_target(name, mcpu=mcpu)
+
+
+@pytest.fixture(scope="module")
+def fused_xt():
+    """XT at 64x64 after our graph passes, legalization and fusion (the same graph on every CPU)."""
+    from parcnet_tvm.build import fused_module, prepare_model
+    from parcnet_tvm.frontend import import_model
+
+    model = prepare_model("xt", SMALL)
+    return fused_module(import_model(model, (1, 3, SMALL, SMALL), "torch"), get_target("x86"))
+
+
+def rule_of(kernel_schedules: dict) -> dict:
+    return {kernel: rule for rule, kernels in kernel_schedules.items() for kernel in kernels}
+
+
+@pytest.mark.parametrize("isa", list(TARGETS))
+def test_every_kernel_gets_a_hand_rule_on_every_cpu(fused_xt, isa):
+    _, used = schedule_kernels(fused_xt, named(isa).target)
+    assert not [rule for rule in used if "fallback" in rule], used
+    rules = rule_of(used)
+    assert len(rules) == sum(isinstance(f, tirx.PrimFunc) for _, f in fused_xt.functions_items())
+    checked = 0
+    for kernel, rule in rules.items():
+        expected = expected_rule(kernel)
+        if expected:
+            assert rule == expected, (kernel, rule)
+            checked += 1
+    assert checked >= 50  # of XT's 66 kernels; the rest are reshapes, splits, the head
+
+
+def expected_rule(kernel: str) -> str | None:
+    if kernel.startswith("fused_conv2d"):  # the 7x7 depth-wise convs carry their add and gate
+        return "cpu_depthwise_conv" if "multiply" in kernel else "cpu_conv"
+    return next((rule for family, rule in FAMILY_RULES.items() if family in kernel), None)
+
+
+def _one_kernel_per_rule(fused, target) -> dict:
+    _, used = schedule_kernels(fused, target)
+    return {rule: kernels[0] for rule, kernels in used.items()}
+
+
+def _run(func, target, inputs) -> np.ndarray:
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    arrays = [tvm.runtime.tensor(a) for a in inputs]
+    lib.mod["main"](*arrays)
+    return arrays[-1].numpy()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_each_rule_computes_what_the_unscheduled_kernel_computes(fused_xt, isa):
+    """One kernel per rule, scheduled by our rule and by nothing (TVM's naive lowering), on the
+    same random inputs (AVX-512 code runs only on a host that has it)."""
+    target = named(isa).target
+    if isa == "avx512" and cpu_target(get_target("x86").target).isa != "avx512":
+        pytest.skip("this host has no AVX-512")
+    scheduled, _ = schedule_kernels(fused_xt, target)
+    rng = np.random.default_rng(0)
+    for rule, kernel in _one_kernel_per_rule(fused_xt, target).items():
+        plain = fused_xt[kernel]
+        inputs = [rng.standard_normal([int(d) for d in p.ty.shape]).astype("float32") for p in plain.params]
+        expected = _run(plain, get_target("x86", mcpu="x86-64").target, inputs)
+        got = _run(scheduled[kernel], target, inputs)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4, err_msg=f"{rule}: {kernel}")
+
+
+def test_tiles_follow_the_vector_width_and_register_file():
+    avx512, avx2, neon = (cpu_target(named(isa).target) for isa in ("avx512", "avx2", "neon"))
+    assert (avx512.lanes, avx512.vector_registers) == (16, 32)
+    assert (avx2.lanes, avx2.vector_registers) == (8, 16)
+    assert (neon.lanes, neon.vector_registers) == (4, 16) and neon.cores == 4
+    assert cpu_target(get_target("x86", mcpu="x86-64").target).lanes == 4  # SSE only
+    # XT's stage-1 fc1 GEMM: 3136 tokens x 240 channels.
+    for cpu in (avx512, avx2, neon):
+        _, _, (rows, vectors) = register_tile_choices(3136, 240 // cpu.lanes, cpu.vector_registers)
+        assert tile_registers(rows, vectors) <= cpu.vector_registers
+        assert rows * vectors >= cpu.vector_registers // 2  # enough accumulators to hide FMA latency
+
+
+@pytest.mark.parametrize("isa, lanes", [("avx512", 16), ("avx2", 8), ("neon", 4)])
+def test_gemm_is_vectorised_by_the_targets_vector_width(fused_xt, isa, lanes):
+    target = named(isa).target
+    scheduled, used = schedule_kernels(fused_xt, target)
+    gemm = scheduled[used["cpu_gemm"][0]].script()
+    assert re.search(rf"T\.vectorized\((T\.int64\()?{lanes}\)", gemm) and "T.parallel" in gemm
+    assert '"local"' in gemm  # accumulators in registers, written once with the fused add
+
+
+def test_hand_rules_are_the_design_space_unless_generic_is_asked(fused_xt, tmp_path):
+    target = get_target("x86")
+    tasks = extract_tasks(fused_xt, target, only=("fused_matmul1_add", "layer_norm_general"))
+    ours, _ = task_contexts(tasks, target, tmp_path / "ours", "ours", seed=0)
+    generic, _ = task_contexts(tasks, target, tmp_path / "generic", "generic", seed=0)
+    for task, context in zip(tasks, ours):
+        assert hand_rule_for(task.dispatched[0]["main"], target.target) is not None
+        assert type(context.space_generator).__name__ == "ScheduleFn"
+    assert all(type(c.space_generator).__name__ == "PostOrderApply" for c in generic)
+    gemm = [c for t, c in zip(tasks, ours) if "matmul" in t.task_name][0]
+    space = gemm.generate_design_space()
+    assert len(space) == 1
+    knobs = [inst for inst in space[0].trace.insts if inst.kind.name == "SampleCategorical"]
+    assert knobs  # the register tile's rows (its vectors too where more than one width fits)
