@@ -216,6 +216,10 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_loop_never_spills(xt_arm):
     for rule, kernels in hot.items():
         for kernel in kernels:
             body = next(b for name, b in functions.items() if name.startswith(kernel + "_compute"))
+            width = re.search(r"_w(\d+)_", kernel)
+            if width and int(width.group(1)) < 4:  # our op on a 2-wide map: 2-lane d-register FMAs
+                assert any(re.match(r"vfma\.f32\s+d", t) for _, t in body), kernel
+                continue
             loops = _innermost_fma_loops(body)
             assert loops, f"{rule}: {kernel} has no loop of q-register FMAs"
             if rule == "cpu_gemm":
