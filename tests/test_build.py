@@ -35,6 +35,17 @@ def test_x86_build_writes_verified_library_and_manifest(xt_small_x86):
     assert check["status"] == "passed" and check["max_abs_error"] <= 1e-4
 
 
+def test_manifest_names_the_rule_that_scheduled_each_kernel(xt_small_x86):
+    """Untuned: every kernel by one of our hand rules, none by a fallback."""
+    _, manifest = xt_small_x86
+    schedules = manifest["kernel_schedules"]
+    kernels = [k for names in schedules.values() for k in names]
+    assert len(kernels) == len(set(kernels)) >= 60
+    assert not [rule for rule in schedules if "fallback" in rule], schedules
+    assert {"cpu_gemm", "cpu_conv", "cpu_depthwise_conv", "cpu_layer_norm_general", "oversized_conv"} <= set(schedules)
+    assert all(name.startswith("fused_matmul") for name in schedules["cpu_gemm"])
+
+
 def test_library_holds_the_weights_once(xt_small_x86):
     """Constants must not be multiplied by the pipeline (FoldConstant once made T's library 567 MB
     for 100 MB of weights, too large for the ARM linker)."""
