@@ -10,7 +10,7 @@ import torch
 import tvm
 from tvm import relax
 
-from schedules import mark_depthwise_convs, schedule_kernels
+from schedules import FROM_DATABASE, mark_depthwise_convs, schedule_kernels
 
 from . import manifest as manifest_io
 from .checkpoint import load_checkpoint
@@ -125,13 +125,12 @@ def prepare_relax(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool 
     mod = fused_module(mod, named_target, custom_op, oversized_algo, exact_math, log)
     if tuning_log:
         mod = apply_database(mod, named_target, tuning_log, log=log or print)
-    if stats is not None:
-        funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
-        tuned = sum(1 for f in funcs if f.attrs is not None and f.attrs.get("tirx.is_scheduled", False))
-        stats.update(primfuncs=len(funcs), from_database=tuned, hand_scheduled=len(funcs) - tuned)
     mod, kernel_schedules = schedule_kernels(mod, named_target.target)
     if stats is not None:
-        stats["kernel_schedules"] = kernel_schedules
+        total = sum(len(names) for names in kernel_schedules.values())
+        tuned = len(kernel_schedules.get(FROM_DATABASE, []))
+        stats.update(primfuncs=total, from_database=tuned, hand_scheduled=total - tuned,
+                     kernel_schedules=kernel_schedules)
     return mod
 
 

@@ -133,5 +133,5 @@ def _register(key: str, rule, target) -> None:
     tvm_ffi.register_global_func(f"s_tir.meta_schedule.{key}.{rule.name}", custom_rule, override=True)
 
 
-__all__ = ["schedule_kernels", "apply_hand_schedules", "hand_rule_for", "hand_rule_space",
+__all__ = ["FROM_DATABASE", "schedule_kernels", "apply_hand_schedules", "hand_rule_for", "hand_rule_space",
            "register_metaschedule_rules", "mark_depthwise_convs", "rules_for", "rule_name"]

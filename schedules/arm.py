@@ -11,14 +11,11 @@ from tvm import s_tir
 from tvm.target import Target
 
 from .common import HandRule
+from .cpu_target import is_arm
 from .cpu_tiling import CpuLimits, schedule_cpu
 
 NEON_LIMITS = CpuLimits(lanes=4, accumulator_vectors=8, max_col_vectors=4)
 
-
-def is_arm(target: Target) -> bool:
-    return target.kind.name == "llvm" and ("arm_cpu" in target.keys or
-                                           str(target.attrs.get("mtriple", "")).startswith("arm"))
 
 
 class OversizedConvArm(HandRule):

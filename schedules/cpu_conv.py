@@ -13,8 +13,8 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import HandRule, knob, mark_root_untouchable
-from .cpu_target import cpu_target
+from .common import knob, mark_root_untouchable
+from .cpu_target import CpuHandRule, cpu_target
 from .cpu_tiling import parallel_elementwise, register_tile, register_tile_choices, vector_lanes
 
 CONV_BLOCKS = ("conv2d_nhwc",)
@@ -63,17 +63,14 @@ def schedule_conv_nhwc(sch: s_tir.Schedule, target: Target, tunable: bool, names
                   knob(sch, vector_choices, default_vectors, tunable),
                   lanes, cpu.parallel_jobs, unroll_reductions=unroll)
     if pad is not None:
-        parallel_elementwise(sch, pad, cpu.lanes, cpu.parallel_jobs)
+        parallel_elementwise(sch, pad, cpu.lanes)
     if tunable:
         mark_root_untouchable(sch)
     return True
 
 
-class ConvNhwcCpu(HandRule):
+class ConvNhwcCpu(CpuHandRule):
     name = SCHEDULE_RULE
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         return schedule_conv_nhwc(sch, target, tunable, CONV_BLOCKS)

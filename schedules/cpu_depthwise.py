@@ -14,18 +14,15 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import HandRule
 from .cpu_conv import schedule_conv_nhwc
+from .cpu_target import CpuHandRule
 
 DEPTHWISE_BLOCKS = ("group_conv2d_nhwc", "depthwise_conv2d_nhwc")
 SCHEDULE_RULE = "cpu_depthwise_conv"
 
 
-class DepthwiseConvCpu(HandRule):
+class DepthwiseConvCpu(CpuHandRule):
     name = SCHEDULE_RULE
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         return schedule_conv_nhwc(sch, target, tunable, DEPTHWISE_BLOCKS, depthwise=True)

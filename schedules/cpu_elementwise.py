@@ -12,22 +12,14 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import HandRule
-from .cpu_target import cpu_target
-from .cpu_tiling import parallel_elementwise, vector_lanes
+from .cpu_target import CpuHandRule, cpu_target
+from .cpu_tiling import all_spatial, parallel_elementwise, vector_lanes
 
 SCHEDULE_RULE = "cpu_elementwise"
 
 
-def all_spatial(sch: s_tir.Schedule, blocks) -> bool:
-    return all(iv.iter_type == 0 for b in blocks for iv in sch.get(b).iter_vars)
-
-
-class ElementwiseCpu(HandRule):
+class ElementwiseCpu(CpuHandRule):
     name = SCHEDULE_RULE
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -41,7 +33,7 @@ class ElementwiseCpu(HandRule):
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             source_axis = _transposed_axis(sch, block)
             if source_axis is None:
-                parallel_elementwise(sch, block, cpu.lanes, cpu.parallel_jobs)
+                parallel_elementwise(sch, block, cpu.lanes)
             else:
                 _tiled_transpose(sch, block, source_axis, cpu.lanes)
         return True

@@ -16,8 +16,8 @@ import math
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import HandRule, divisors, knob, mark_root_untouchable
-from .cpu_target import cpu_target
+from .common import divisors, knob, mark_root_untouchable
+from .cpu_target import CpuHandRule, cpu_target
 from .cpu_tiling import register_tile, register_tile_choices, vector_lanes
 
 GEMM_BLOCKS = ("matmul", "T_matmul_NN")
@@ -55,11 +55,8 @@ def column_block(columns: int, depth: int, unit: int, l2_bytes: int) -> int | No
     return max(fitting) if fitting else None
 
 
-class GemmCpu(HandRule):
+class GemmCpu(CpuHandRule):
     name = SCHEDULE_RULE
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         block = find_gemm(sch)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import HandRule, mark_root_untouchable
-from .cpu_target import cpu_target
+from .common import mark_root_untouchable
+from .cpu_target import CpuHandRule, cpu_target
 from .cpu_tiling import vector_lanes
 
 NORM_BLOCKS = ("norm_sums", "norm_squares", "norm_out")
@@ -40,11 +40,8 @@ def _vector_sum(sch: s_tir.Schedule, block, lanes: int, token_loop) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
 
 
-class LayerNormGeneralCpu(HandRule):
+class LayerNormGeneralCpu(CpuHandRule):
     name = SCHEDULE_RULE
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         blocks = find_norm(sch)
@@ -69,14 +66,11 @@ class LayerNormGeneralCpu(HandRule):
         return True
 
 
-class ReductionCpu(HandRule):
+class ReductionCpu(CpuHandRule):
     """Other reductions (the head's mean over the map and its LayerNorm): each block parallel
     over its outermost spatial loop. They are small (one token of a few hundred channels)."""
 
     name = "cpu_reduction"
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -84,12 +78,11 @@ class ReductionCpu(HandRule):
             return False
         cpu = cpu_target(target)
         for block in blocks:
-            stmt = sch.get(block)
             loops = sch.get_loops(block)
-            spatial = [loop for loop, iv in zip(loops, stmt.iter_vars) if iv.iter_type == 0]
-            if spatial and len(spatial) < len(loops) and loops[0].same_as(spatial[0]):
-                outer = sch.fuse(*spatial) if len(spatial) > 1 and all(
-                    l.same_as(s) for l, s in zip(loops, spatial)) else spatial[0]
+            kinds = [iv.iter_type for iv in sch.get(block).iter_vars]  # one loop per iterator
+            leading = loops[:next(i for i, kind in enumerate(kinds + [2]) if kind != 0)]
+            if leading and len(leading) < len(loops):  # a reduction, parallel over its outer loops
+                outer = sch.fuse(*leading) if len(leading) > 1 else leading[0]
                 if int(sch.get(outer).extent) >= cpu.cores:
                     sch.parallel(outer)
         return True

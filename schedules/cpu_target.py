@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from tvm.target import Target
 
+from .common import HandRule
+
 KIB = 1024
 
 # LLVM CPU names by vector extension (what `targets.detect_x86_mcpu` and users pass).
@@ -70,3 +72,11 @@ def cpu_target(target: Target) -> CpuTarget:
     if mcpu in AVX2_CPUS or "+avx2" in mattr:
         return CpuTarget("avx2", 8, 16, cores, l1, l2)
     return CpuTarget("sse", 4, 16, cores, l1, l2)
+
+
+class CpuHandRule(HandRule):
+    """A hand rule for every LLVM CPU target (x86 and ARM alike): its tiles come from
+    `cpu_target`."""
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"

@@ -9,6 +9,7 @@ the W pass that consumes it, so its H x W output stays in L1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import s_tir
@@ -68,7 +69,7 @@ def tile_candidates(height: int, width: int, limits: CpuLimits) -> tuple[list[in
     vectors_per_row = width // vector_width(width, limits)
     col_vectors = [d for d in divisors(vectors_per_row) if d <= limits.max_col_vectors]
     rows = [d for d in divisors(height) if d <= 2 * limits.accumulator_vectors]
-    return [d for d in rows if d > 1] or rows, [d for d in col_vectors if d > 1] or col_vectors
+    return without_unit(rows), without_unit(col_vectors)
 
 
 def _tile_pass(sch: s_tir.Schedule, block, loops, limits: CpuLimits, tunable: bool) -> None:
@@ -216,7 +217,7 @@ def register_tile(sch: s_tir.Schedule, block, rows: int | object, vectors: int |
     sch.reorder(*outer, row_outer, col_outer, *reductions, row_inner, col_vectors, col_lanes)
     outer.append(row_outer)
     extents = [int(sch.get(loop).extent) for loop in outer]
-    if _product(extents) < parallel_jobs:  # too few row tiles: spread the column tiles too
+    if math.prod(extents) < parallel_jobs:  # too few row tiles: spread the column tiles too
         outer.append(col_outer)
     parallel_loop = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.parallel(parallel_loop)
@@ -244,13 +245,6 @@ def register_tile(sch: s_tir.Schedule, block, rows: int | object, vectors: int |
     return accumulators
 
 
-def _product(values) -> int:
-    result = 1
-    for v in values:
-        result *= v
-    return result
-
-
 def _elementwise_consumers(sch: s_tir.Schedule, block) -> list:
     """The chain of blocks after `block` that can be inlined into its write (in order)."""
     chain, current = [], block
@@ -265,12 +259,16 @@ def _elementwise_consumers(sch: s_tir.Schedule, block) -> list:
         current = consumer
 
 
+def all_spatial(sch: s_tir.Schedule, blocks) -> bool:
+    """Whether every iterator of every block is data-parallel (no reduction)."""
+    return all(iv.iter_type == 0 for b in blocks for iv in sch.get(b).iter_vars)
+
+
 def _is_elementwise(sch: s_tir.Schedule, block) -> bool:
-    stmt = sch.get(block)
-    return all(iv.iter_type == 0 for iv in stmt.iter_vars) and len(stmt.writes) == 1
+    return all_spatial(sch, [block]) and len(sch.get(block).writes) == 1
 
 
-def parallel_elementwise(sch: s_tir.Schedule, block, lanes: int, parallel_jobs: int) -> None:
+def parallel_elementwise(sch: s_tir.Schedule, block, lanes: int) -> None:
     """An elementwise block: its loops fused, vectorised by the widest vector dividing them,
     and parallel over the rest."""
     loops = sch.get_loops(block)

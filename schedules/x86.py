@@ -5,26 +5,17 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from parcnet_tvm.targets import X86_CPUS
-
 from .common import HandRule
+from .cpu_target import cpu_target, is_x86
 from .cpu_tiling import CpuLimits, schedule_cpu
-
-
-# CPU names our target detection gives to AVX-512 machines.
-AVX512_CPUS = {name for name, _, flags in X86_CPUS if "avx512f" in flags}
 
 
 def x86_limits(target: Target) -> CpuLimits:
     """AVX-512: 16 lanes, 32 registers; AVX2: 8 lanes, 16 registers (measured best: 14 accumulators)."""
-    if str(target.attrs.get("mcpu", "")) in AVX512_CPUS:
+    if cpu_target(target).isa == "avx512":
         return CpuLimits(lanes=16, accumulator_vectors=16, max_col_vectors=4)
     return CpuLimits(lanes=8, accumulator_vectors=14, max_col_vectors=7)
 
-
-def is_x86(target: Target) -> bool:
-    return target.kind.name == "llvm" and "arm_cpu" not in target.keys and \
-        not str(target.attrs.get("mtriple", "x86")).startswith(("arm", "aarch64"))
 
 
 class OversizedConvX86(HandRule):
