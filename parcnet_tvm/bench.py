@@ -21,6 +21,7 @@ by the parent and cached under build/bench/; ONNX files likewise.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import subprocess
@@ -257,9 +258,28 @@ def time_on_board(board: Board, library: Path, x, repeat: int) -> tuple:
 
 
 def _new_row(case: BenchCase, backend: str) -> dict:
-    return {"model": f"parcnetv2_{case.model}", "target": case.target, "batch": case.batch,
-            "input_size": list(case.input_size), "backend": backend, "median_ms": None, "p90_ms": None,
-            "peak_mem_mb": None, "speedup_vs_pytorch": None}
+    row = {"model": f"parcnetv2_{case.model}", "target": case.target, "batch": case.batch,
+           "input_size": list(case.input_size), "backend": backend, "median_ms": None, "p90_ms": None,
+           "peak_mem_mb": None, "speedup_vs_pytorch": None}
+    if case.target == "cuda":
+        row["gpu"] = gpu_name()
+    return row
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_name() -> str | None:
+    """The GPU's name and driver, e.g. 'NVIDIA H100 80GB HBM3, driver 580.159.04' (None without one)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30).stdout.split()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return name
+    return f"{name}, driver {driver}"
 
 
 def _skip(row: dict, reason: str, log) -> dict:
@@ -415,7 +435,7 @@ def format_table(rows: list[dict], header: str) -> str:
 def json_rows(rows: list[dict]) -> list[dict]:
     keys = ("model", "target", "batch", "input_size", "backend", "median_ms", "p90_ms", "peak_mem_mb",
             "speedup_vs_pytorch")
-    extra = ("skipped", "max_abs_error", "source")
+    extra = ("skipped", "max_abs_error", "source", "gpu")
     return [{k: r[k] for k in keys} | {k: r[k] for k in extra if r.get(k) is not None} for r in rows]
 
 

@@ -10,7 +10,7 @@ import torch
 import tvm
 from tvm import relax
 
-from schedules import FROM_DATABASE, mark_depthwise_convs, schedule_kernels
+from schedules import FROM_DATABASE, schedule_kernels
 
 from . import manifest as manifest_io
 from .checkpoint import load_checkpoint
@@ -88,20 +88,13 @@ def fused_module(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool =
         if log:
             used = ", ".join(f"{algos.count(a)} {a}" for a in sorted(set(algos)))
             log(f"      replaced {replaced} oversized conv pairs with our op ({used or 'none'})")
-    if named_target.target.kind.name == "llvm":
-        # CPUs (x86, ARM): channels-last throughout with the 1x1 convs as GEMMs, and each
-        # LayerNormGeneral as one op; measured faster and verified here. CUDA keeps the
-        # imported layout, the graph last verified on a GPU, until a GPU run checks these.
-        mod = to_channels_last(mod)
-        mod, norms = fuse_layer_norms(mod)
-        if log:
-            log(f"      channels-last; {norms} LayerNormGeneral chains as one op each")
-    else:
-        # Weight-only subexpressions (the Linear weights' transposes) are computed once, here.
-        mod = relax.transform.FoldConstant()(mod)
+    # Every target: channels-last throughout with the 1x1 convs as GEMMs (bias and residual
+    # adds as their epilogues), and each LayerNormGeneral as one op.
+    mod = to_channels_last(mod)
+    mod, norms = fuse_layer_norms(mod)
+    if log:
+        log(f"      channels-last; {norms} LayerNormGeneral chains as one op each")
     mod = legalize_and_fuse(mod, named_target, exact_math)
-    if named_target.target.kind.name == "cuda":
-        mod = mark_depthwise_convs(mod)  # tuned within our schedule of them, not MetaSchedule's generic one
     return mod
 
 

@@ -82,7 +82,9 @@ def fuse_layer_norms(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IR
             weight = te.placeholder(dims[-1:], "float32", name="weight")
             return te.create_prim_func([data, weight, layer_norm_general(data, weight, eps)])
 
-        gvar = primfunc(f"{PRIMFUNC_PREFIX}{'x'.join(map(str, dims))}_eps{eps:g}", make)
+        # a C identifier (CUDA names the kernel after it): 1e-06 -> 1em06
+        epsilon = f"{eps:g}".replace("-", "m").replace(".", "p")
+        gvar = primfunc(f"{PRIMFUNC_PREFIX}{'x'.join(map(str, dims))}_eps{epsilon}", make)
         replaced += 1
         return relax.call_tir(gvar, [x, matches[weight_p]], relax.TensorType(dims, "float32"))
 

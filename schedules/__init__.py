@@ -5,7 +5,7 @@ its pattern) usable two ways: `schedule_kernels` applies the rules in order to e
 a tuning database did not schedule (untuned builds), and `hand_rule_for` gives MetaSchedule
 the rule that matches a task, whose sampled tile sizes are then the tuned knobs
 (`tune.py --design-space ours`). `register_metaschedule_rules` is for MetaSchedule's generic
-space: our op's blocks (and CUDA's depth-wise convs) are annotated with their rule's name.
+space: our op's blocks are annotated with their rule's name.
 """
 
 from __future__ import annotations
@@ -25,23 +25,25 @@ from .cpu_fallback import ParallelVectorizeFallback
 from .cpu_gemm import GemmCpu
 from .cpu_norm import LayerNormGeneralCpu, ReductionCpu
 from .cuda import OversizedConvCuda
-from .cuda_depthwise import DepthwiseConvCuda, mark_depthwise_convs
+from .cuda_depthwise import DepthwiseConvCuda
+from .cuda_elementwise import ElementwiseCuda
+from .cuda_gemm import GemmCuda
+from .cuda_norm import LayerNormGeneralCuda, ReductionCuda
 from .x86 import OversizedConvX86
 
 OVERSIZED_ARM, OVERSIZED_X86, OVERSIZED_CUDA = OversizedConvArm(), OversizedConvX86(), OversizedConvCuda()
-DEPTHWISE_CUDA = DepthwiseConvCuda()
-# Tried in this order on every kernel not scheduled yet. CPUs: our op, then one rule per op
-# family, then the generic fallback. CUDA: our op and the small depth-wise convs, then
-# dlight's GPU rules as TVM's default CUDA pipeline orders them.
+# Tried in this order on every kernel not scheduled yet: our op, then one rule per op family,
+# then a fallback for anything new (CPUs: ours; CUDA: dlight's, which no kernel of our
+# models reaches).
 CPU_RULES = (OVERSIZED_ARM, OVERSIZED_X86, GemmCpu(), ConvNhwcCpu(), DepthwiseConvCpu(),
              LayerNormGeneralCpu(), ElementwiseCpu(), ReductionCpu(), ParallelVectorizeFallback())
-CUDA_RULES = (OVERSIZED_CUDA, DEPTHWISE_CUDA, dlight.gpu.Matmul(), dlight.gpu.GEMV(),
-              dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())
+CUDA_RULES = (OVERSIZED_CUDA, GemmCuda(), DepthwiseConvCuda(), LayerNormGeneralCuda(), ElementwiseCuda(),
+              ReductionCuda(), dlight.gpu.Fallback())
 FROM_DATABASE = "tuning_database"
 TVM_DEFAULT = "tvm_default_fallback"  # no rule applied: TVM's naive default lowering
 # MetaSchedule looks up "s_tir.meta_schedule.<target key>.<schedule_rule>" for each key of
 # the target in order: ARM targets have keys (arm_cpu, cpu), x86 (cpu), CUDA (cuda, gpu).
-ANNOTATED_RULES = {"arm_cpu": (OVERSIZED_ARM,), "cpu": (OVERSIZED_X86,), "cuda": (OVERSIZED_CUDA, DEPTHWISE_CUDA)}
+ANNOTATED_RULES = {"arm_cpu": (OVERSIZED_ARM,), "cpu": (OVERSIZED_X86,), "cuda": (OVERSIZED_CUDA,)}
 
 
 def rule_name(rule) -> str:
@@ -134,4 +136,4 @@ def _register(key: str, rule, target) -> None:
 
 
 __all__ = ["FROM_DATABASE", "schedule_kernels", "apply_hand_schedules", "hand_rule_for", "hand_rule_space",
-           "register_metaschedule_rules", "mark_depthwise_convs", "rules_for", "rule_name"]
+           "register_metaschedule_rules", "rules_for", "rule_name"]

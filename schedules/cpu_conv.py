@@ -15,33 +15,11 @@ from tvm.target import Target
 
 from .common import knob, mark_root_untouchable
 from .cpu_target import CpuHandRule, cpu_target
+from .patterns import find_conv_nhwc
 from .cpu_tiling import parallel_elementwise, register_tile, register_tile_choices, vector_lanes
 
 CONV_BLOCKS = ("conv2d_nhwc",)
 SCHEDULE_RULE = "cpu_conv"
-
-
-def find_conv_nhwc(sch: s_tir.Schedule, names: tuple[str, ...]):
-    """(padding block or None, conv block) when `sch` is an NHWC conv named in `names`
-    (loops n, h, w, c, then three reductions), optionally after its padding block and with
-    only elementwise ops over its output after it; else None."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    found = [i for i, b in enumerate(blocks) if sch.get(b).name_hint in names]
-    if len(found) != 1 or found[0] > 1:
-        return None
-    at = found[0]
-    conv = blocks[at]
-    stmt = sch.get(conv)
-    if [iv.iter_type for iv in stmt.iter_vars] != [0, 0, 0, 0, 2, 2, 2]:
-        return None
-    pad = blocks[0] if at == 1 else None
-    if pad is not None and (sch.get(pad).name_hint != "pad_temp" or len(sch.get(pad).reads) != 1):
-        return None
-    extents = [int(iv.dom.extent) for iv in stmt.iter_vars][:4]
-    for block in blocks[at + 1:]:
-        if [int(sch.get(loop).extent) for loop in sch.get_loops(block)] != extents:
-            return None
-    return pad, conv
 
 
 def schedule_conv_nhwc(sch: s_tir.Schedule, target: Target, tunable: bool, names: tuple[str, ...],

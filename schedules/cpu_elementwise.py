@@ -13,7 +13,8 @@ from tvm import s_tir
 from tvm.target import Target
 
 from .cpu_target import CpuHandRule, cpu_target
-from .cpu_tiling import all_spatial, parallel_elementwise, vector_lanes
+from .cpu_tiling import parallel_elementwise, vector_lanes
+from .patterns import all_spatial, transposed_axis
 
 SCHEDULE_RULE = "cpu_elementwise"
 
@@ -31,26 +32,12 @@ class ElementwiseCpu(CpuHandRule):
                 sch.compute_inline(block)
         cpu = cpu_target(target)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
-            source_axis = _transposed_axis(sch, block)
+            source_axis = transposed_axis(sch, block)
             if source_axis is None:
                 parallel_elementwise(sch, block, cpu.lanes)
             else:
                 _tiled_transpose(sch, block, source_axis, cpu.lanes)
         return True
-
-
-def _transposed_axis(sch: s_tir.Schedule, block) -> int | None:
-    """For a block reading one buffer whose contiguous axis is not the output's: the position
-    of the output loop that walks the input's contiguous axis; else None."""
-    stmt = sch.get(block)
-    if len(stmt.reads) != 1:
-        return None
-    iter_vars = [iv.var for iv in stmt.iter_vars]
-    last_read = stmt.reads[0].region[-1].min
-    found = [i for i, var in enumerate(iter_vars) if last_read.same_as(var)]
-    if not found or found[0] == len(iter_vars) - 1:
-        return None
-    return found[0]
 
 
 def _tiled_transpose(sch: s_tir.Schedule, block, axis: int, lanes: int) -> None:

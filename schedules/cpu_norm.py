@@ -13,16 +13,9 @@ from tvm.target import Target
 from .common import mark_root_untouchable
 from .cpu_target import CpuHandRule, cpu_target
 from .cpu_tiling import vector_lanes
+from .patterns import find_norm
 
-NORM_BLOCKS = ("norm_sums", "norm_squares", "norm_out")
 SCHEDULE_RULE = "cpu_layer_norm_general"
-
-
-def find_norm(sch: s_tir.Schedule):
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    if [sch.get(b).name_hint for b in blocks] != list(NORM_BLOCKS):
-        return None
-    return blocks
 
 
 def _vector_sum(sch: s_tir.Schedule, block, lanes: int, token_loop) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from tvm import s_tir
 
 from .common import divisors, knob, mark_root_untouchable, oversized_blocks
+from .patterns import all_spatial
 
 
 @dataclass(frozen=True)
@@ -257,11 +258,6 @@ def _elementwise_consumers(sch: s_tir.Schedule, block) -> list:
             return chain
         chain.append(consumer)
         current = consumer
-
-
-def all_spatial(sch: s_tir.Schedule, blocks) -> bool:
-    """Whether every iterator of every block is data-parallel (no reduction)."""
-    return all(iv.iter_type == 0 for b in blocks for iv in sch.get(b).iter_vars)
 
 
 def _is_elementwise(sch: s_tir.Schedule, block) -> bool:

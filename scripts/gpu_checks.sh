@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Every CUDA check that needs a GPU, in one go (a GPU is often lent for minutes only):
+# Every CUDA check that needs a GPU, in one go (a GPU is lent for minutes: docs/gpu-loan.md says
+# how to bring TVM onto its machine first):
 #   trace   XT at 64 (our build), kernel call by kernel call against the same graph built for the CPU
 #   tests   the GPU tests only (pytest -m gpu: our kernels for every knob value, the depth-wise
 #           kernels, a verified library, bench's CUDA worker)
 #   op      our oversized op against PyTorch's cuDNN depth-wise conv (scripts/bench_op.py)
-#   tune    MetaSchedule on T at batch 32 for TUNE_MIN minutes (default 4), built and verified;
-#           it continues the log in tuning_logs/t-cuda-224-b32 when there is one
+#   tune    MetaSchedule on T at batch 32 for TUNE_T_MIN minutes (default 3), then on XT at
+#           batch 1 for TUNE_XT_MIN (default 1.5), each built and verified; they continue the logs
+#           in tuning_logs/t-cuda-224-b32 and tuning_logs/xt-cuda-224 when there are some
 #   bench   scripts/bench.py --target cuda for T and XT at batch 32, then batch 1, with the
-#           backends in BENCH_BACKENDS (default: all; e.g. "pytorch-eager tvm-ours tvm-tuned"
-#           when GPU time is short)
+#           backends in BENCH_BACKENDS (default: all); the rows of both go to OUT/bench-cuda.json
 #   kernels TVM's default CUDA build kernel by kernel against its CPU build (diagnosis only,
 #           not in the default steps: it compiles every kernel twice)
 # Usage: bash scripts/gpu_checks.sh OUT_DIR [STEP ...]   (default: trace tests op tune bench)
-# Each step writes its log (and JSON/PNG) to OUT_DIR; a failing step does not stop the next.
+# Each step writes its log (and JSON/PNG, the tuning databases) to OUT_DIR; a failing step does
+# not stop the next.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/gpu}
@@ -43,9 +45,13 @@ for step in $steps; do
         kernels) run_step kernels python3 -m pytest -q -rs -p no:logging tests/test_cuda.py \
                      -k "every_kernel_of_the_default_cuda_build" ;;
         op) run_step bench_op python3 scripts/bench_op.py --target cuda --model xt t --batch 32 --json "$out/bench_op_cuda.json" ;;
-        tune) run_step tune python3 scripts/tune.py --target cuda --model t --batch 32 --time-budget "${TUNE_MIN:-4}" \
-                  --compare 0 -o build/bench/parcnetv2_t-cuda-224x224-b32-tuned.so
-              mkdir -p "$out/t-cuda-224-b32" && cp tuning_logs/t-cuda-224-b32/*.json "$out/t-cuda-224-b32/" ;;
+        tune) run_step tune_t_b32 python3 scripts/tune.py --target cuda --model t --batch 32 \
+                  --time-budget "${TUNE_T_MIN:-3}" --compare 0
+              run_step tune_xt_b1 python3 scripts/tune.py --target cuda --model xt --batch 1 \
+                  --time-budget "${TUNE_XT_MIN:-1.5}" --compare 0
+              for log in t-cuda-224-b32 xt-cuda-224; do
+                  mkdir -p "$out/$log" && cp tuning_logs/$log/*.json "$out/$log/"
+              done ;;
         bench|bench32) run_step bench_b32 python3 scripts/bench.py --target cuda --model t xt --batch 32 --repeat 20 \
                            --max-seconds 3 ${BENCH_BACKENDS:+--backends $BENCH_BACKENDS} --json "$out/bench_cuda_b32.json" --plot "$out/bench_cuda_b32.png" ;;&
         bench|bench1) run_step bench_b1 python3 scripts/bench.py --target cuda --model t xt --batch 1 --repeat 30 \
@@ -54,3 +60,14 @@ for step in $steps; do
         *) echo "unknown step $step (trace, tests, op, tune, bench, bench32, bench1, kernels)" ;;
     esac
 done
+
+# One file of every CUDA row measured (docs/bench-cuda.json is this file, committed).
+python3 - "$out" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+rows = [row for name in ("bench_cuda_b32.json", "bench_cuda_b1.json") if (out / name).exists()
+        for row in json.loads((out / name).read_text())]
+if rows:
+    (out / "bench-cuda.json").write_text(json.dumps(rows, indent=1))
+    print(f"{len(rows)} rows in {out / 'bench-cuda.json'}")
+PY

@@ -7,8 +7,8 @@ whose output differs (or whose inputs were changed between calls).
 
 The CPU reference is built from the target's own graph (after our rewrite and graph passes,
 with exact maths), so both call the same kernels in the same order. When the first
-difference is a wrong kernel on CUDA, each of dlight's GPU rules is tried on that kernel alone
-to show which schedule is at fault. Small models only: every argument of every call is kept.
+difference is a wrong kernel on CUDA, each of our CUDA rules (and dlight's Fallback) is tried on
+that kernel alone to show which schedule is at fault. Small models only: every argument of every call is kept.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import numpy as np
 import tvm
 
 from parcnet_tvm.build import compile_relax, fused_module, prepare_model
-from schedules import apply_hand_schedules
+from schedules import apply_hand_schedules, rule_name, rules_for
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.targets import get_target
@@ -25,24 +25,22 @@ from parcnet_tvm.verify import compare, first_divergence, pytorch_output, refere
     trace_kernels
 
 
-def dlight_rules_on_kernel(unscheduled, name: str, named, ref_call: dict) -> dict:
+def rules_on_kernel(unscheduled, name: str, named, ref_call: dict) -> dict:
     """{rule: max abs error of that kernel scheduled by that rule alone, on the reference inputs}."""
-    from tvm.s_tir import dlight as dl
-
     target = named.target
     if name not in [g.name_hint for g in unscheduled.get_global_vars()]:
         return {"(not found)": float("nan")}
     func = unscheduled[name].with_attr("global_symbol", name)
     errors = {}
-    for rule in (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()):
-        label = type(rule).__name__
+    for rule in rules_for(target):
+        label = rule_name(rule)
         try:
             with target:
-                scheduled = dl.ApplyDefaultSchedule(rule)(tvm.IRModule({name: func}))
-            if not scheduled[name].attrs.get("tirx.is_scheduled", False):
+                sch = rule.apply(func, target, False)
+            if sch is None:
                 errors[label] = "does not apply"
                 continue
-            kernel = tvm.compile(scheduled, target=target)
+            kernel = tvm.compile(sch.mod, target=target)
             device = tvm.cuda(0)
             args = [tvm.runtime.tensor(v, device) for v in ref_call["before"]]
             kernel[name](*args)
@@ -87,10 +85,10 @@ def main(argv=None):
         return 0
     print("first difference:", found["detail"])
     if found["cause"] == "kernel" and args.target == "cuda":
-        errors = dlight_rules_on_kernel(fused, found["name"], named,
+        errors = rules_on_kernel(fused, found["name"], named,
                                         traces["cpu reference"][found["index"]])
         for rule, error in errors.items():
-            print(f"  {found['name']} scheduled by dlight {rule} alone: {error}")
+            print(f"  {found['name']} scheduled by {rule} alone: {error}")
     return 1
 
 

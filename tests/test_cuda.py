@@ -7,6 +7,7 @@ import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 
+from schedules import schedule_kernels
 from schedules.cuda_depthwise import DepthwiseConvCuda
 
 from parcnet_tvm.build import fused_module, prepare_model, prepare_relax
@@ -67,12 +68,47 @@ def test_cuda_tuning_candidates_compile_and_compute_without_a_gpu(imported_xt, t
         _assert_emulated_build_matches_pytorch(prepare_relax(imported_xt, named, tuning_log=tmp_path), named)
 
 
-def _assert_emulated_build_matches_pytorch(prepared, named):
-    """The whole program of a CUDA build (our op, our depth-wise convs, the database's records,
-    dlight's rules for the rest), every kernel run thread by thread on this CPU, against PyTorch."""
-    x = reference_input((1, 3, SMALL, SMALL))
+def _assert_emulated_build_matches_pytorch(prepared, named, model="xt", batch=1):
+    """The whole program of a CUDA build (our rules, the database's records), every kernel run
+    thread by thread on this CPU, against PyTorch."""
+    x = reference_input((batch, 3, SMALL, SMALL))
     actual = run_vm(load_vm(emulated_library(prepared, named.target), tvm.cpu()), x, tvm.cpu())
-    assert np.abs(actual - pytorch_output(prepare_model("xt", SMALL), x)).max() <= 1e-4
+    assert np.abs(actual - pytorch_output(prepare_model(model, SMALL), x)).max() <= 1e-4
+
+
+# What schedules a CUDA build of our models: one rule of ours per op family, no fallback.
+CUDA_RULE_NAMES = {"oversized_conv", "cuda_gemm", "cuda_depthwise_conv", "cuda_layer_norm_general",
+                   "cuda_elementwise", "cuda_reduction"}
+
+
+@pytest.mark.parametrize("model, size, batch", [("t", 224, 32), ("xt", 224, 1)])
+def test_cuda_graph_is_channels_last_and_every_kernel_is_ours(model, size, batch):
+    """The configurations gpu_checks.sh tunes and benchmarks: every conv runs channels-last
+    (the 1x1 convs as GEMMs), each LayerNormGeneral is one kernel, and every kernel is
+    scheduled by one of our rules (none by a fallback)."""
+    named = get_target("cuda", cuda_arch="sm_90")
+    fused = fused_module(import_model(prepare_model(model, size), (batch, 3, size, size)), named)
+    scripts = {var.name_hint: func.script() for var, func in fused.functions_items()
+               if isinstance(func, tvm.tirx.PrimFunc)}
+    assert not [name for name, text in scripts.items() if "conv2d_nchw" in text]
+    assert sum('T.sblock("matmul")' in text for text in scripts.values()) >= 12
+    assert sum(name.startswith("layer_norm_general") for name in scripts) == 4  # one kernel per stage's shape
+    _, schedules = schedule_kernels(fused, named.target)
+    assert set(schedules) == CUDA_RULE_NAMES, schedules
+
+
+@pytest.mark.parametrize("model", ["xt", "t"])
+def test_whole_cuda_program_matches_pytorch_in_emulation(model):
+    """Every kernel of an untuned CUDA build, scheduled by our rules (tiled GEMMs with their
+    shared-memory stages, implicit-GEMM convs, warp-reduced norms, tiled transposes), run
+    thread by thread on this CPU: the whole program against PyTorch."""
+    named = get_target("cuda", cuda_arch="sm_90")
+    batch = 2
+    stats: dict = {}
+    mod = import_model(prepare_model(model, SMALL), (batch, 3, SMALL, SMALL))
+    prepared = prepare_relax(mod, named, stats=stats)
+    assert set(stats["kernel_schedules"]) == CUDA_RULE_NAMES
+    _assert_emulated_build_matches_pytorch(prepared, named, model, batch)
 
 
 def _random_args(func, seed=0):
@@ -110,7 +146,7 @@ def _depthwise_kernels(fused_xt_cuda):
     fused, named = fused_xt_cuda
     kernels = {}
     for var, func in fused.functions_items():
-        if isinstance(func, tvm.tirx.PrimFunc) and "group_conv2d_nchw" in func.script():
+        if isinstance(func, tvm.tirx.PrimFunc) and "group_conv2d_nhwc" in func.script():
             func = func.with_attr("global_symbol", var.name_hint)
             sch = DepthwiseConvCuda().apply(func, named.target, False)
             kernels[var.name_hint] = (func, None if sch is None else sch.mod)
@@ -119,8 +155,8 @@ def _depthwise_kernels(fused_xt_cuda):
 
 def test_depthwise_convs_get_our_cuda_schedule(fused_xt_cuda):
     """dlight has no rule for the 7x7 depth-wise convs (it gives every output its own thread
-    block); ours matches each of XT's, with the add and gate after it, and compiles to one
-    kernel that stages the padded maps in shared memory."""
+    block); ours matches each of XT's, channels-last with the add and gate after it, and
+    compiles to one kernel whose threads each keep a row of outputs in registers."""
     _, named = fused_xt_cuda
     kernels = _depthwise_kernels(fused_xt_cuda)
     assert len(kernels) == 4  # one per stage
@@ -128,24 +164,28 @@ def test_depthwise_convs_get_our_cuda_schedule(fused_xt_cuda):
         assert scheduled is not None, f"{name} was not matched"
         source = tvm.compile(scheduled, target=named.target).mod.imports[0].inspect_source()
         assert source.count("__global__") == 2  # declaration + definition of one kernel
-        assert "pad_temp_shared" in source and "__syncthreads" in source
+        assert "_local_ptr[" in source  # register accumulators
         # output, input, taps and the two inputs of the fused add and gate: one kernel for all
         assert source.split("_kernel(")[1].split(")")[0].count("float*") == 5
 
 
 def test_depthwise_convs_are_tuned_within_our_schedule(fused_xt_cuda, tmp_path):
-    """CUDA builds mark the depth-wise convs for our rule, so MetaSchedule's candidates for them
-    are our schedule with sampled channel groups (they compile), not its generic tiling."""
+    """MetaSchedule's candidates for the depth-wise convs are our schedule with a sampled row
+    tile (they compile, keep the accumulators in registers and compute the conv), not its
+    generic tiling."""
     fused, named = fused_xt_cuda
     names = tuple(_depthwise_kernels(fused_xt_cuda))
     measurement = Measurement("local", PooledBuilder(2), BuiltOnlyRunner(), "no GPU: compile only")
     summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 4, 4), measurement, only=names,
                                 log=lambda *_: None)
     assert summary.trials_new >= 8
-    for record in open_database(tmp_path).get_all_tuning_records():
+    for index, record in enumerate(open_database(tmp_path).get_all_tuning_records()):
+        assert "sample_categorical" in str(record.trace)  # our row tile, sampled
         sch = tvm.s_tir.Schedule(record.workload.mod)
         record.trace.apply_to_schedule(sch, remove_postproc=False)
-        assert "pad_temp_shared" in sch.mod.script()  # our staging of the padded maps
+        assert "conv2d_nhwc_intermediate_local" in sch.mod.script()  # our register accumulators
+        if index < 3:  # a few run thread by thread (seconds each)
+            _assert_candidate_computes_its_workload(record)
 
 
 # ---------------------------------------------------------------- on a GPU (skipped in CI)
