@@ -6,14 +6,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import tvm
 from tvm import relax
 
 from schedules import FROM_DATABASE, schedule_kernels
 
 from . import manifest as manifest_io
-from .checkpoint import load_checkpoint
 from .fast_math import legalize_map
 from .errors import ParcnetError
 from .frontend import import_model
@@ -22,11 +20,11 @@ from .norm import fuse_layer_norms
 from .oversized import check_algo
 from .rewrite import rewrite_oversized_convs
 from .tuning_log import apply_database, database_summary
-from .model import create_model, draw_verification_weights, parse_input_size, variant_key
+from .model import parse_input_size, variant_key
 from .targets import NamedTarget, get_target
 from .verify import raise_on_failure, verify_against
+from .weights import WEIGHT_SEED, model_from_manifest, prepare_model  # noqa: F401  (model_from_manifest: verify, timing, arm_bundle import it from here)
 
-WEIGHT_SEED = 0  # random weights (no checkpoint) are drawn from this seed, so verify can redraw them
 
 
 @dataclass
@@ -54,29 +52,6 @@ class BuildRequest:
         height, width = parse_input_size(self.input_size)
         size = f"{height}" if height == width else f"{height}x{width}"
         return Path("build") / f"parcnetv2_{variant_key(self.model)}-{self.target}-{size}.so"
-
-
-def prepare_model(name: str, input_size=224, checkpoint=None) -> torch.nn.Module:
-    """The PyTorch model in eval mode: checkpoint weights, or random weights from WEIGHT_SEED
-    drawn so that a wrong kernel anywhere shows in the output (`draw_verification_weights`)."""
-    torch.manual_seed(WEIGHT_SEED)
-    model = create_model(name, input_size=input_size)
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    else:
-        draw_verification_weights(model, WEIGHT_SEED)
-    return model
-
-
-def model_from_manifest(manifest: dict) -> torch.nn.Module:
-    weights = manifest["weights"]
-    checkpoint = weights.get("checkpoint")
-    if checkpoint:
-        if not Path(checkpoint).is_file():
-            raise ParcnetError(f"checkpoint {checkpoint} named in the manifest does not exist")
-        if manifest_io.sha256(checkpoint) != weights["sha256"]:
-            raise ParcnetError(f"checkpoint {checkpoint} changed since the library was built; rebuild it")
-    return prepare_model(manifest["model"], manifest["input_size"], checkpoint)
 
 
 def fused_module(mod: tvm.IRModule, named_target: NamedTarget, custom_op: bool = True,

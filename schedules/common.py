@@ -78,6 +78,13 @@ class HandRule(ScheduleRule):
         return [sch]
 
 
+class CudaHandRule(HandRule):
+    """A hand rule for CUDA targets."""
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "cuda"
+
+
 def _root_marked(sch: s_tir.Schedule) -> bool:
     rule = sch.get(sch.get_sblock("root")).annotations.get("schedule_rule")
     return rule is not None and str(rule) == "None"

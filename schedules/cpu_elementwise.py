@@ -14,7 +14,7 @@ from tvm.target import Target
 
 from .cpu_target import CpuHandRule, cpu_target
 from .cpu_tiling import parallel_elementwise, vector_lanes
-from .patterns import all_spatial, transposed_axis
+from .patterns import all_spatial, inline_into_outputs, transposed_axis
 
 SCHEDULE_RULE = "cpu_elementwise"
 
@@ -26,12 +26,8 @@ class ElementwiseCpu(CpuHandRule):
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         if not blocks or not all_spatial(sch, blocks):
             return False
-        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
-        for block in blocks:
-            if sch.get(block).name_hint not in outputs:
-                sch.compute_inline(block)
         cpu = cpu_target(target)
-        for block in sch.get_child_blocks(sch.get_sblock("root")):
+        for block in inline_into_outputs(sch):
             source_axis = transposed_axis(sch, block)
             if source_axis is None:
                 parallel_elementwise(sch, block, cpu.lanes)

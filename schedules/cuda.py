@@ -36,7 +36,7 @@ from tvm.target import Target
 from parcnet_tvm.errors import ParcnetError
 
 from .common import (
-    HandRule,
+    CudaHandRule,
     divisors,
     knob,
     largest_divisor,
@@ -337,9 +337,6 @@ def schedule_cuda(sch: s_tir.Schedule, tunable: bool) -> bool:
     return done
 
 
-class OversizedConvCuda(HandRule):
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "cuda"
-
+class OversizedConvCuda(CudaHandRule):
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         return schedule_cuda(sch, tunable)

@@ -17,7 +17,7 @@ from tvm import s_tir
 from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain
 from tvm.target import Target
 
-from .common import HandRule, divisors, knob, largest_divisor, mark_root_untouchable
+from .common import CudaHandRule, divisors, knob, largest_divisor, mark_root_untouchable
 from .patterns import find_conv_nhwc
 
 DEPTHWISE_BLOCKS = ("group_conv2d_nhwc", "depthwise_conv2d_nhwc")
@@ -67,11 +67,8 @@ def schedule_depthwise(sch: s_tir.Schedule, tunable: bool) -> bool:
     return True
 
 
-class DepthwiseConvCuda(HandRule):
+class DepthwiseConvCuda(CudaHandRule):
     name = SCHEDULE_RULE
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "cuda"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         return schedule_depthwise(sch, tunable)

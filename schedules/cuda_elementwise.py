@@ -14,8 +14,8 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import HandRule, knob, mark_root_untouchable
-from .patterns import all_spatial, transposed_axis
+from .common import CudaHandRule, knob, mark_root_untouchable
+from .patterns import all_spatial, inline_into_outputs, transposed_axis
 
 SCHEDULE_RULE = "cuda_elementwise"
 THREAD_CHOICES = [128, 256, 512, 1024]
@@ -62,22 +62,15 @@ def tiled_transpose(sch: s_tir.Schedule, block, axis: int) -> bool:
     return True
 
 
-class ElementwiseCuda(HandRule):
+class ElementwiseCuda(CudaHandRule):
     name = SCHEDULE_RULE
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "cuda"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         if not blocks or not all_spatial(sch, blocks):
             return False
-        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
-        for block in blocks:
-            if sch.get(block).name_hint not in outputs:
-                sch.compute_inline(block)
         threads = knob(sch, THREAD_CHOICES, DEFAULT_THREADS, tunable)
-        for block in sch.get_child_blocks(sch.get_sblock("root")):
+        for block in inline_into_outputs(sch):
             axis = transposed_axis(sch, block)
             if axis is None or not tiled_transpose(sch, block, axis):
                 one_thread_per_element(sch, block, threads)

@@ -31,7 +31,7 @@ from tvm.s_tir.dlight.gpu.matmul import (
 )
 from tvm.target import Target
 
-from .common import HandRule, knob, mark_root_untouchable
+from .common import CudaHandRule, knob, mark_root_untouchable
 
 SCHEDULE_RULE = "cuda_gemm"
 SMS = 132  # streaming multiprocessors of an H100 SXM: tiles are chosen to fill at least two waves
@@ -232,11 +232,8 @@ def _sm_version(target: Target) -> int:
     return int(digits or 0)
 
 
-class GemmCuda(HandRule):
+class GemmCuda(CudaHandRule):
     name = SCHEDULE_RULE
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "cuda"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         return schedule_gemm(sch, target, tunable)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from .common import HandRule, knob, mark_root_untouchable
+from .common import CudaHandRule, knob, mark_root_untouchable
 from .patterns import find_norm
 
 WARP = 32
@@ -31,11 +31,8 @@ def _across_warp(sch: s_tir.Schedule, block, at_loop) -> None:
     sch.bind(lanes, "threadIdx.x")
 
 
-class LayerNormGeneralCuda(HandRule):
+class LayerNormGeneralCuda(CudaHandRule):
     name = "cuda_layer_norm_general"
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "cuda"
 
     def apply(self, func, target: Target, tunable: bool):
         # TIR's affine analysis refuses some token counts for some map sizes (T's 14x14 stage
@@ -67,12 +64,9 @@ class LayerNormGeneralCuda(HandRule):
         return True
 
 
-class ReductionCuda(HandRule):
+class ReductionCuda(CudaHandRule):
     name = "cuda_reduction"
     THREADS = 128
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "cuda"
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> bool:
         root = sch.get_sblock("root")

@@ -12,6 +12,17 @@ def all_spatial(sch: s_tir.Schedule, blocks) -> bool:
     return all(iv.iter_type == 0 for b in blocks for iv in sch.get(b).iter_vars)
 
 
+def inline_into_outputs(sch: s_tir.Schedule) -> list:
+    """Inline every block that does not write a kernel output into the blocks that read it (an
+    all-spatial kernel then makes one pass over memory); returns the remaining blocks."""
+    root = sch.get_sblock("root")
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    for block in sch.get_child_blocks(root):
+        if sch.get(block).name_hint not in outputs:
+            sch.compute_inline(block)
+    return sch.get_child_blocks(root)
+
+
 def find_conv_nhwc(sch: s_tir.Schedule, names: tuple[str, ...]):
     """(padding block or None, conv block) when `sch` is an NHWC conv named in `names`
     (loops n, h, w, c, then three reductions), optionally after its padding block and with
