@@ -8,9 +8,12 @@ import torch.nn.functional as F
 import tvm
 from tvm import relax
 
-from .build import compile_relax
+from schedules import op_passes
+
+from .pipeline import PipelineOptions, compile_relax
 from .rewrite import rewrite_oversized_convs
-from .tune import tune_oversized_ops
+from .tables import markdown_table
+from .tuning.tasks import tune_oversized_ops
 from .model import VARIANTS, parse_input_size, stage_map_sizes, variant_key
 from .targets import NamedTarget, host_cores
 from .timing import measure_ms
@@ -52,8 +55,9 @@ def tune_shape(shape_row: dict, named_target: NamedTarget, work_dir, trials: int
     channels, height, width = shape_row["channels"], shape_row["height"], shape_row["width"]
     weight_h = np.zeros((channels, 1, 2 * height - 1, 1), np.float32)
     weight_w = np.zeros((channels, 1, 1, 2 * width - 1), np.float32)
+    kind = named_target.target.kind.name
     mod, _, _ = rewrite_oversized_convs(conv_pair_module(weight_h, weight_w, (batch, channels, height, width)),
-                                        target_kind=named_target.target.kind.name)
+                                        target_kind=kind, passes_for=op_passes(kind))
     tune_oversized_ops(mod, named_target, work_dir, trials)
 
 
@@ -123,9 +127,9 @@ def bench_shape(shape_row: dict, named_target: NamedTarget, impls=IMPLS, batch: 
         else:
             custom_op = impl != "tvm-generic"
             algo = impl.split("-", 1)[1] if custom_op and impl != TUNED else "auto"
-            executable = compile_relax(conv_pair_module(weight_h, weight_w, shape), named_target, custom_op, algo,
-                                       tuning_log=tuning_log if impl == TUNED else None,
-                                       tvm_default=not custom_op)
+            options = PipelineOptions(custom_op=custom_op, oversized_algo=algo, tvm_default=not custom_op,
+                                      tuning_logs=(tuning_log,) if impl == TUNED else ())
+            executable = compile_relax(conv_pair_module(weight_h, weight_w, shape), named_target, options)
             vm = load_vm(executable, device)
             x_tvm = tvm.runtime.tensor(x, device)
             if check:
@@ -147,8 +151,7 @@ def format_table(rows: list[dict]) -> str:
     """One line per stage shape, and per model a line for a whole forward pass: each stage's
     time times its number of blocks (the stages' shares of the op's time in the model)."""
     impls = list(dict.fromkeys(r["impl"] for r in rows))
-    lines = ["| model | stage | C | HxW | taps | " + " | ".join(f"{i} ms" for i in impls) + " | speedup vs pytorch |",
-             "|---" * (6 + len(impls)) + "|"]
+    table = []
     for model in dict.fromkeys(r["model"] for r in rows):
         stages = list(dict.fromkeys(r["stage"] for r in rows if r["model"] == model))
         totals: dict = {}
@@ -158,12 +161,13 @@ def format_table(rows: list[dict]) -> str:
             times = {impl: r["median_ms"] for impl, r in group.items()}
             for impl, ms in times.items():
                 totals[impl] = totals.get(impl, 0.0) + first["blocks"] * ms
-            cells = [f"{times[i]:.4f}" if i in times else "-" for i in impls]
-            lines.append(f"| {model} | {stage} | {first['channels']} | {first['height']}x{first['width']} "
-                         f"| {first['taps_h']}+{first['taps_w']} | " + " | ".join(cells) + f" | {_ratio(times)} |")
+            table.append([model, stage, first["channels"], f"{first['height']}x{first['width']}",
+                          f"{first['taps_h']}+{first['taps_w']}",
+                          *(f"{times[i]:.4f}" if i in times else "-" for i in impls), _ratio(times)])
         if len(stages) == 4:
             blocks = "+".join(str(next(r["blocks"] for r in rows if (r["model"], r["stage"]) == (model, s)))
                               for s in stages)
-            cells = [f"{totals[i]:.4f}" if i in totals else "-" for i in impls]
-            lines.append(f"| {model} | all ({blocks} blocks) | | | | " + " | ".join(cells) + f" | {_ratio(totals)} |")
-    return "\n".join(lines)
+            table.append([model, f"all ({blocks} blocks)", "", "", "",
+                          *(f"{totals[i]:.4f}" if i in totals else "-" for i in impls), _ratio(totals)])
+    return "\n".join(markdown_table(["model", "stage", "C", "HxW", "taps", *(f"{i} ms" for i in impls),
+                                      "speedup vs pytorch"], table))

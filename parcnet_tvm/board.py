@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from .errors import ParcnetError
 
@@ -120,15 +121,15 @@ def wait_for_server(host: str, port: int, key: str, timeout: float = 180) -> Non
 def emulated_board(log=print):
     """Start a local tracker and our board RPC server under qemu-arm; yields the tracker's
     HOST:PORT (key EMULATED_KEY) and stops both afterwards."""
-    from . import arm_bundle
+    from . import runtime
 
-    reason = arm_bundle.why_not_emulated()
+    reason = runtime.why_not_emulated()
     if reason:
         raise ParcnetError(f"--emulate needs the emulated board: {reason}")
     port = free_port()
     processes = [start_tracker(port)]
     try:
-        processes.append(arm_bundle.start_rpc_server(port=free_port(), tracker=f"127.0.0.1:{port}",
+        processes.append(runtime.start_rpc_server(port=free_port(), tracker=f"127.0.0.1:{port}",
                                                      key=EMULATED_KEY))
         log(f"      emulated board: parcnet_rpc_server under qemu-arm, tracker 127.0.0.1:{port} "
             "(a pipeline check: its times are not latency)")
@@ -137,3 +138,28 @@ def emulated_board(log=print):
     finally:
         for process in reversed(processes):
             stop(process)
+
+
+@dataclass(frozen=True)
+class ChosenBoard:
+    """The board a command was pointed at: through a tracker (`tracker` + `key`) or directly."""
+
+    tracker: str | None
+    key: str | None
+    direct: str | None
+    emulated: bool
+    where: str
+
+
+@contextlib.contextmanager
+def chosen_board(emulate: bool, rpc: str | None, rpc_tracker: str | None, rpc_key: str | None, log=print):
+    """The board given by --emulate / --rpc / --rpc-tracker --rpc-key, or None: the emulated
+    one is started before the block and stopped after it."""
+    if emulate:
+        with emulated_board(log) as tracker:
+            yield ChosenBoard(tracker, EMULATED_KEY, None, True, "local tracker " + tracker)
+    elif rpc or rpc_tracker:
+        yield ChosenBoard(rpc_tracker, rpc_key, rpc, False,
+                          f"RPC server {rpc}" if rpc else f"tracker {rpc_tracker}, key {rpc_key}")
+    else:
+        yield None

@@ -21,8 +21,12 @@ def gelu_fast_erf(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     return bb.call_te(compute, call.args[0], primfunc_name_hint="gelu_fast_erf")
 
 
+def uses_fast_erf(target_kind: str, exact_math: bool = False) -> bool:
+    """GELU through the polynomial erf: on CPUs ('llvm': x86, ARM) unless exact maths is asked
+    for. CUDA's erff is a fast device intrinsic already."""
+    return target_kind == "llvm" and not exact_math
+
+
 def legalize_map(target_kind: str, exact_math: bool = False) -> dict:
     """LegalizeOps overrides for a target kind ('llvm' for x86/ARM, 'cuda')."""
-    if exact_math or target_kind != "llvm":
-        return {}  # CUDA's erff is a fast device intrinsic already
-    return {"relax.nn.gelu": gelu_fast_erf}
+    return {"relax.nn.gelu": gelu_fast_erf} if uses_fast_erf(target_kind, exact_math) else {}

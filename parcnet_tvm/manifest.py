@@ -10,6 +10,16 @@ from pathlib import Path
 from .errors import ParcnetError
 
 
+def artifact_name(model_key: str, target: str, input_size, batch: int = 1) -> str:
+    """The one name of everything made for a (model, target, size, batch): libraries
+    (`build/<name>.so`), bench's cached builds (`build/bench/<name>-<build>.so`) and ONNX files
+    (target `onnx`), tuning logs (`tuning_logs/<name without parcnetv2_>/`). E.g.
+    parcnetv2_xt-x86-224, parcnetv2_t-cuda-224-b32, parcnetv2_xt-arm-224x320."""
+    height, width = input_size
+    size = f"{height}" if height == width else f"{height}x{width}"
+    return f"parcnetv2_{model_key}-{target}-{size}" + (f"-b{batch}" if batch != 1 else "")
+
+
 def path_for(library) -> Path:
     return Path(library).with_suffix(".json")
 
@@ -27,8 +37,8 @@ def pipeline_fingerprint() -> str:
     cached by an older pipeline is rebuilt rather than measured as if it were current."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for source in sorted([*root.joinpath("parcnet_tvm").glob("*.py"), *root.joinpath("schedules").glob("*.py")]):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for source in sorted([*root.joinpath("parcnet_tvm").rglob("*.py"), *root.joinpath("schedules").glob("*.py")]):
+        digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
 
 

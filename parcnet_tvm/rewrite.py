@@ -16,8 +16,6 @@ import tvm
 from tvm import relax, te
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from schedules.cuda import cuda_passes
-
 from .errors import ParcnetError
 from .graph import calls, const_value, ints, rewrite_into_primfuncs
 from .oversized import choose_algo, oversized_conv, weight_constants
@@ -61,17 +59,16 @@ def oversized_shape(conv_h, conv_w, data) -> tuple[int, int, int, int] | None:
     return (batch, channels, height, width) if h_ok and w_ok else None
 
 
-def op_passes(algo: str, height: int, width: int, target_kind: str) -> tuple[str, ...]:
-    """Our op as one call for both passes ('hw',), or one call per pass ('h', 'w'): on CUDA
-    for maps whose fused form does not fit a thread block's shared memory (schedules/cuda.py);
-    on CPUs always fused."""
-    return cuda_passes(algo, height, width) if target_kind == "cuda" else ("hw",)
+def fused_passes(algo: str, height: int, width: int) -> tuple[str, ...]:
+    return ("hw",)
 
 
 def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: str = "main",
-                            target_kind: str = "llvm"):
+                            target_kind: str = "llvm", passes_for=fused_passes):
     """Replace every oversized conv pair in `func_name`, with the algorithm `algo` resolves to
-    for the target kind; returns (new module, count, algos used)."""
+    for the target kind; returns (new module, count, algos used). `passes_for(algo, height,
+    width)` says whether the op is one call for both passes ('hw',) or one call per pass
+    ('h', 'w'): where a target's schedule cannot hold the fused op (`schedules.op_passes`)."""
     pattern, data_p, weight_h_p, weight_w_p, conv_h_p = _pattern()
     algos: list[str] = []
     refused: list[ParcnetError] = []  # raised after the rewrite: TVM would wrap it on the way out
@@ -83,7 +80,7 @@ def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: st
         batch, channels, height, width = shape
         chosen = choose_algo(algo, channels, height, width, target_kind)
         try:
-            passes_per_call = op_passes(chosen, height, width, target_kind)
+            passes_per_call = passes_for(chosen, height, width)
         except ParcnetError as error:
             refused.append(error)
             return expr

@@ -111,10 +111,6 @@ class NamedTarget:
     target: tvm.target.Target
     description: str
 
-    @property
-    def device_kind(self) -> str:
-        return "cuda" if self.name == "cuda" else "cpu"
-
     def export_library(self, executable, path) -> Path:
         """Write the compiled executable as a shared library loadable on the target."""
         path = Path(path)
@@ -133,17 +129,6 @@ class NamedTarget:
             _require_tool(ARM_CXX, "g++-arm-linux-gnueabihf", "link ARM libraries")
         else:
             _require_tool("g++", "g++", "link host libraries")
-
-    def why_not_runnable_here(self) -> str | None:
-        """None when a library for this target runs on this machine, else the reason."""
-        if self.name == "x86":
-            return None
-        if self.name == "cuda":
-            return None if local_cuda_arch() else "no CUDA GPU is visible on this machine"
-        from .arm_bundle import why_not_emulated
-
-        reason = why_not_emulated()  # ARM libraries run here on the emulated board (qemu-arm)
-        return None if reason is None else f"ARM libraries run on the board, or here under qemu: {reason}"
 
     @property
     def emulated(self) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from tvm.s_tir import meta_schedule as ms
 
 from .errors import ParcnetError
+from .manifest import artifact_name
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -24,9 +25,7 @@ REPO_LOGS = Path(__file__).resolve().parents[1] / "tuning_logs"
 
 def default_work_dir(model_key: str, target: str, input_size, batch: int = 1) -> Path:
     """tuning_logs/<model>-<target>-<size>[-b<batch>]/ of this checkout (size 224 or 224x320)."""
-    height, width = input_size
-    size = f"{height}" if height == width else f"{height}x{width}"
-    return REPO_LOGS / (f"{model_key}-{target}-{size}" + (f"-b{batch}" if batch != 1 else ""))
+    return REPO_LOGS / artifact_name(model_key, target, input_size, batch).removeprefix("parcnetv2_")
 
 
 def has_log(work_dir) -> bool:

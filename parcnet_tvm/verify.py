@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,9 @@ from tvm import relax
 
 from . import manifest as manifest_io
 from .errors import ParcnetError
+from .runtime import LIBRARIES, QEMU_CPU, run_emulated, run_runner, why_not_runnable
 from .targets import get_target
+from .weights import model_from_manifest
 
 TOLERANCE = 1e-4
 INPUT_SEED = 1234  # the fixed input every verification uses
@@ -59,12 +63,10 @@ def compare(actual: np.ndarray, expected: np.ndarray, tolerance: float = TOLERAN
 
 def verify_against(model: torch.nn.Module, library, named_target, input_shape) -> dict:
     """Run `library` (path, or executable for targets that run natively) and compare with `model`."""
-    reason = named_target.why_not_runnable_here()
+    reason = why_not_runnable(named_target)
     if reason:
         return {"status": "skipped", "reason": reason}
     if named_target.emulated:  # ARM: the board runner under qemu, one call
-        from .arm_bundle import QEMU_CPU, run_emulated
-
         x = reference_input(input_shape)
         result = compare(run_emulated(library, x), pytorch_output(model, x))
         result["ran_on"] = f"qemu-arm -cpu {QEMU_CPU} (emulated board)"
@@ -93,14 +95,12 @@ def verify_library(library) -> dict:
 
     Raises ParcnetError when the library cannot run here or does not match.
     """
-    from .build import model_from_manifest  # build imports verify
-
     library = Path(library)
     if not library.is_file():
         raise ParcnetError(f"library {library} does not exist")
     manifest = manifest_io.read(library)
     named_target = get_target(manifest["target_name"], cuda_arch=manifest["target"].get("arch"))
-    reason = named_target.why_not_runnable_here()
+    reason = why_not_runnable(named_target)
     if reason:
         raise ParcnetError(f"cannot verify {library} here: {reason}")
     if manifest_io.sha256(library) != manifest["sha256"]:
@@ -187,3 +187,32 @@ def first_divergence(trace: list[dict], reference: list[dict], tolerance: float 
                         "agreed: a live buffer was overwritten between calls" if cause == "inputs" else
                         f"same inputs, outputs differ by {after:.3g}: the kernel is wrong")}
     return None
+
+
+# ---------------------------------------------------------------- the ARM bundle
+
+def parse_top(stdout: str) -> list[int]:
+    """Class indices from the runner's top-k listing."""
+    return [int(line.split()[0]) for line in stdout.splitlines() if re.match(r"^\s+\d+\s+-?[\d.]", line)]
+
+
+def check_bundle_top5(bundle) -> str:
+    """Run the bundle's own runner under qemu on the fixed verification input; its top-5 must
+    equal PyTorch's. Returns a short report; raises ParcnetError on a mismatch."""
+    bundle = Path(bundle)
+    library = next(p for p in bundle.glob("*.so") if p.name not in LIBRARIES)
+    info = manifest_io.read(library)
+    x = reference_input(info["input_shape"])
+    expected = pytorch_output(model_from_manifest(info), x)[0]
+    torch_top5 = [int(i) for i in torch.topk(torch.from_numpy(expected), 5).indices]
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "input.raw"
+        x.tofile(raw)
+        done = run_runner(library, ["--input", str(raw)], runtime=bundle)
+    if done.returncode != 0:
+        raise ParcnetError(f"the bundle's runner failed under qemu: {done.stderr.strip()}")
+    runner_top5 = parse_top(done.stdout)
+    report = f"runner under qemu: top-5 {runner_top5}; PyTorch: top-5 {torch_top5}"
+    if runner_top5 != torch_top5:
+        raise ParcnetError("top-5 differs from PyTorch: " + report)
+    return report + " (equal)"

@@ -24,7 +24,7 @@ from .cpu_elementwise import ElementwiseCpu
 from .cpu_fallback import ParallelVectorizeFallback
 from .cpu_gemm import GemmCpu
 from .cpu_norm import LayerNormGeneralCpu, ReductionCpu
-from .cuda import OversizedConvCuda
+from .cuda import OversizedConvCuda, cuda_passes
 from .cuda_depthwise import DepthwiseConvCuda
 from .cuda_elementwise import ElementwiseCuda
 from .cuda_gemm import GemmCuda
@@ -44,6 +44,15 @@ TVM_DEFAULT = "tvm_default_fallback"  # no rule applied: TVM's naive default low
 # MetaSchedule looks up "s_tir.meta_schedule.<target key>.<schedule_rule>" for each key of
 # the target in order: ARM targets have keys (arm_cpu, cpu), x86 (cpu), CUDA (cuda, gpu).
 ANNOTATED_RULES = {"arm_cpu": (OVERSIZED_ARM,), "cpu": (OVERSIZED_X86,), "cuda": (OVERSIZED_CUDA,)}
+
+
+def op_passes(target_kind: str):
+    """How our op's rewrite emits it for a target kind: `passes_for(algo, height, width)`,
+    one call for both passes, or one per pass where CUDA's shared memory cannot hold the
+    fused op (`rewrite.rewrite_oversized_convs`)."""
+    if target_kind == "cuda":
+        return cuda_passes
+    return lambda algo, height, width: ("hw",)
 
 
 def rule_name(rule) -> str:
@@ -136,4 +145,4 @@ def _register(key: str, rule, target) -> None:
 
 
 __all__ = ["FROM_DATABASE", "schedule_kernels", "apply_hand_schedules", "hand_rule_for", "hand_rule_space",
-           "register_metaschedule_rules", "rules_for", "rule_name"]
+           "register_metaschedule_rules", "rules_for", "op_passes", "rule_name"]

@@ -25,10 +25,6 @@ class CpuLimits:
     max_col_vectors: int      # widest column tile, in vectors
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def padded_width(width: int, limits: CpuLimits) -> int:
     """Columns each pass computes: W rounded up to whole vectors when that costs <= 15% more
     multiply-adds. Partial vectors (e.g. <14 x float> for W = 56) become split loads and

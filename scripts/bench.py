@@ -14,18 +14,12 @@ tvm-tuned uses --tuning-log, else the shipped log tuning_logs/<model>-<target>-<
 """
 
 import argparse
-import contextlib
 import functools
-import json
 
 from parcnet_tvm import board
-from parcnet_tvm.bench import (DEFAULT_BACKENDS, BACKENDS, Board, BenchCase, bench_case, format_table, json_rows,
-                               machine_header, plot)
+from parcnet_tvm.bench import BACKENDS, BenchRequest, run_bench
 from parcnet_tvm.cli import run_main
-from parcnet_tvm.errors import ParcnetError
-from parcnet_tvm.model import parse_input_size, variant_key
-from parcnet_tvm.targets import get_target, host_cores, local_cuda_arch
-from parcnet_tvm.tuning_log import has_log
+from parcnet_tvm.targets import host_cores
 
 
 def parse_args(argv=None):
@@ -49,92 +43,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def parse_pytorch_ms(values, models, batches) -> dict:
-    """{(model, batch): ms} from MS (one model and batch), MODEL=MS or MODEL@BATCH=MS."""
-    given = {}
-    for value in values:
-        key, _, ms = value.rpartition("=")
-        try:
-            ms = float(ms)
-        except ValueError:
-            raise ParcnetError(f"--pytorch-ms {value!r}: expected [MODEL[@BATCH]=]MS, e.g. 812 or xt=812") from None
-        if not key:
-            if len(models) * len(batches) != 1:
-                raise ParcnetError("--pytorch-ms MS is ambiguous with several models or batches: "
-                                   "give MODEL=MS or MODEL@BATCH=MS")
-            given[(models[0], batches[0])] = ms
-            continue
-        model, _, batch = key.partition("@")
-        for b in ([int(batch)] if batch.isdigit() else batches):
-            given[(variant_key(model), b)] = ms
-    return given
-
-
-def check_args(args):
-    named = get_target(args.target)
-    if args.repeat < 2 or args.threads < 1:
-        raise ParcnetError("--repeat must be >= 2 and --threads >= 1")
-    if any(batch < 1 for batch in args.batch):
-        raise ParcnetError(f"--batch {args.batch}: every batch must be >= 1")
-    board.check_board_args(args.rpc_tracker, args.rpc_key, args.rpc)
-    on_board = bool(args.rpc or args.rpc_tracker or args.emulate)
-    if named.name != "arm" and (on_board or args.pytorch_ms):
-        raise ParcnetError("--rpc/--rpc-tracker/--emulate/--pytorch-ms are for --target arm (a board)")
-    if named.name == "arm" and not on_board:
-        raise ParcnetError("bench.py --target arm times libraries on the board: give --rpc-tracker HOST:PORT "
-                           "--rpc-key KEY or --rpc HOST:PORT (or --emulate to check correctness under qemu)")
-    if args.emulate and (args.rpc or args.rpc_tracker):
-        raise ParcnetError("--emulate starts its own emulated board: drop --rpc/--rpc-tracker")
-    if args.emulate and args.pytorch_ms:
-        raise ParcnetError("--emulate checks correctness and shows no times: drop --pytorch-ms")
-    if named.name == "cuda" and not local_cuda_arch():
-        raise ParcnetError("bench.py --target cuda needs an NVIDIA GPU, and none is visible on this machine "
-                           "(build CUDA libraries here with build.py --target cuda; time them on the GPU machine)")
-    for log_dir in args.tuning_log:
-        if not has_log(log_dir):
-            raise ParcnetError(f"--tuning-log {log_dir}: no tuning log there (a work dir of scripts/tune.py)")
-    return named
-
-
-@contextlib.contextmanager
-def board_for(args, log):
-    """The Board the ARM libraries run on (None for x86/CUDA)."""
-    if args.emulate:
-        with board.emulated_board(log) as tracker:
-            yield Board(functools.partial(board.connect, tracker, board.EMULATED_KEY, session_timeout=600),
-                        "local tracker " + tracker, emulated=True)
-    elif args.rpc or args.rpc_tracker:
-        where = f"RPC server {args.rpc}" if args.rpc else f"tracker {args.rpc_tracker}, key {args.rpc_key}"
-        yield Board(functools.partial(board.connect, args.rpc_tracker, args.rpc_key, args.rpc, session_timeout=600),
-                    where)
-    else:
-        yield None
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    named = check_args(args)
-    size = parse_input_size(args.input_size)
-    models = [variant_key(m) for m in args.model]
-    pytorch_ms = parse_pytorch_ms(args.pytorch_ms, models, args.batch)
-    backends = args.backends or DEFAULT_BACKENDS[named.name]
-    log = functools.partial(print, flush=True)
-    rows = []
-    with board_for(args, log) as the_board:
-        for batch in args.batch:
-            for model in models:
-                rows += bench_case(BenchCase(model, batch, size, named.name), backends, args.repeat, args.threads,
-                                   args.max_seconds, args.tuning_log or None, log, board=the_board,
-                                   pytorch_ms=pytorch_ms.get((model, batch)))
-        header = machine_header(args.threads, named.name, the_board)
-    print(format_table(rows, header))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(json_rows(rows), out, indent=1)
-        print(f"rows written to {args.json}")
-    if args.plot:
-        reason = plot(rows, header, args.plot)
-        print(f"plot: skipped ({reason})" if reason else f"plot written to {args.plot}")
+    run_bench(BenchRequest(**vars(parse_args(argv))), log=functools.partial(print, flush=True))
     return 0
 
 

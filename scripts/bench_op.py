@@ -14,6 +14,7 @@ import platform
 from parcnet_tvm import ParcnetError
 from parcnet_tvm.bench_op import IMPLS, TUNED, bench_shape, format_table, stage_shapes, tune_shape
 from parcnet_tvm.cli import run_main
+from parcnet_tvm.runtime import why_not_runnable
 from parcnet_tvm.targets import cpu_model_name, get_target, host_cores
 
 
@@ -33,7 +34,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     named_target = get_target(args.target)
-    reason = named_target.why_not_runnable_here()
+    reason = why_not_runnable(named_target)
     if reason:
         raise ParcnetError(f"cannot time {args.target} here: {reason}")
     gpu = ""

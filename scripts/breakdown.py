@@ -12,10 +12,11 @@ up to one row. The PyTorch side is torch.profiler's self CPU time per aten op.
 import argparse
 
 from parcnet_tvm import manifest as manifest_io
-from parcnet_tvm.build import model_from_manifest
+from parcnet_tvm.weights import model_from_manifest
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.errors import ParcnetError
 from parcnet_tvm.breakdown import format_breakdown, profile_library, profile_pytorch
+from parcnet_tvm.runtime import why_not_runnable
 from parcnet_tvm.targets import cpu_model_name, get_target, host_cores
 
 
@@ -32,7 +33,7 @@ def main(argv=None):
     if manifest.get("cuda_graph"):
         raise ParcnetError(f"{args.library} replays its kernels from a CUDA graph, which hides them from the VM: "
                            "rebuild it with scripts/build.py --no-cuda-graph to profile it")
-    reason = named.why_not_runnable_here()
+    reason = why_not_runnable(named)
     if reason:
         raise ParcnetError(f"cannot profile {args.library} here: {reason}")
     print(f"{manifest['model']} {manifest['input_shape']} on {cpu_model_name()}, {host_cores()} threads "

@@ -57,7 +57,7 @@ def main(argv=None):
     )
     manifest = build_library(request)
     if args.time:
-        from parcnet_tvm.timing import compare_with_pytorch, format_latency_table
+        from parcnet_tvm.bench.compare import compare_with_pytorch, format_latency_table
 
         rows = compare_with_pytorch(request.output_path(), manifest, repeat=args.time, baselines=args.baseline)
         print(format_latency_table(rows, manifest))

@@ -10,7 +10,7 @@ installs them). The result is cached in build/arm-runtime/<key>/out; a rerun tak
 import argparse
 import time
 
-from parcnet_tvm.arm_bundle import build_runtime
+from parcnet_tvm.runtime import build_runtime
 from parcnet_tvm.cli import run_main
 
 

@@ -10,7 +10,8 @@ under qemu on a fixed input and its top-5 compared with PyTorch's.
 
 import argparse
 
-from parcnet_tvm.arm_bundle import build_runtime, package
+from parcnet_tvm.arm_bundle import package
+from parcnet_tvm.runtime import build_runtime
 from parcnet_tvm.cli import run_main
 
 
@@ -24,7 +25,7 @@ def main(argv=None):
     out = package(args.library, args.output)
     print(f"bundle written to {out}/")
     if args.check:
-        from parcnet_tvm.arm_bundle import check_bundle_top5
+        from parcnet_tvm.verify import check_bundle_top5
 
         print(check_bundle_top5(out))
     return 0

@@ -16,7 +16,8 @@ import argparse
 import numpy as np
 import tvm
 
-from parcnet_tvm.build import compile_relax, fused_module, prepare_model
+from parcnet_tvm.pipeline import PipelineOptions, compile_relax, fused_module
+from parcnet_tvm.weights import prepare_model
 from schedules import apply_hand_schedules, rule_name, rules_for
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.frontend import import_model
@@ -65,9 +66,9 @@ def main(argv=None):
     expected = pytorch_output(model, x)
     named = get_target(args.target)
     reference_target = get_target("x86")
-    fused = fused_module(mod, named, exact_math=True)  # the target's graph, unscheduled
+    fused = fused_module(mod, named, PipelineOptions(exact_math=True))  # the target's graph, unscheduled
     # No CUDA graph: the kernels must be called one by one from the VM to be traced.
-    builds = {args.target: (named, compile_relax(mod, named, exact_math=True, cuda_graph=False)),
+    builds = {args.target: (named, compile_relax(mod, named, PipelineOptions(exact_math=True, cuda_graph=False))),
               "cpu reference": (reference_target, tvm.compile(apply_hand_schedules(fused, reference_target.target),
                                                      target=reference_target.target))}
     traces = {}

@@ -51,7 +51,7 @@ def run_on_cpu(mod: tvm.IRModule, arrays, name: str = "main"):
 
 def emulated_library(prepared: tvm.IRModule, target: tvm.target.Target):
     """The whole program a CUDA build runs, as a CPU executable: `prepared` (our pipeline's
-    Relax module, `build.prepare_relax`) through the passes of TVM's CUDA build that schedule
+    Relax module, `pipeline.prepare`) through the passes of TVM's CUDA build that schedule
     what is still unscheduled (dlight's GPU rules), then every PrimFunc made serial."""
     from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 

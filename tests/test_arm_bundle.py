@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from parcnet_tvm import ParcnetError
-from parcnet_tvm import arm_bundle
+from parcnet_tvm import runtime as arm_runtime
 from parcnet_tvm.board import start_tracker, stop
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.verify import reference_input
 
-from conftest import SMALL, free_port, needs_arm_toolchain, run_script
+from support import SMALL, free_port, needs_arm_toolchain, run_script
 
 pytestmark = needs_arm_toolchain
 
@@ -21,8 +21,8 @@ pytestmark = needs_arm_toolchain
 @pytest.fixture(scope="session")
 def runtime():
     """The cross-built runtime (scripts/setup.sh builds it; cached afterwards)."""
-    out = arm_bundle.build_runtime(log=lambda *_: None)
-    for name in arm_bundle.LIBRARIES + arm_bundle.PROGRAMS:
+    out = arm_runtime.build_runtime(log=lambda *_: None)
+    for name in arm_runtime.LIBRARIES + arm_runtime.PROGRAMS:
         assert "ARM, EABI5" in subprocess.run(["file", str(out / name)], capture_output=True, text=True).stdout
     return out
 
@@ -38,7 +38,7 @@ def xt_arm(runtime, tmp_path_factory):
 
 def test_runtime_build_is_cached(runtime):
     start = time.perf_counter()
-    assert arm_bundle.build_runtime(log=lambda *_: None) == runtime
+    assert arm_runtime.build_runtime(log=lambda *_: None) == runtime
     assert time.perf_counter() - start < 5
 
 
@@ -58,24 +58,24 @@ def test_bundle_runner_top5_equals_pytorch(xt_arm, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "(equal)" in done.stdout
     files = {p.name for p in (tmp_path / "bundle").iterdir()}
-    assert {"xt_arm.so", "xt_arm.json", "README.md", *arm_bundle.LIBRARIES, *arm_bundle.PROGRAMS} <= files
+    assert {"xt_arm.so", "xt_arm.json", "README.md", *arm_runtime.LIBRARIES, *arm_runtime.PROGRAMS} <= files
     assert "glibc >= 2.34" in (tmp_path / "bundle" / "README.md").read_text()
 
 
 def test_runner_reports_bad_inputs(xt_arm, runtime, tmp_path, xt_small_x86):
     library, manifest = xt_arm
-    missing = arm_bundle.run_runner(library, ["--input", str(tmp_path / "nope.raw")], runtime)
+    missing = arm_runtime.run_runner(library, ["--input", str(tmp_path / "nope.raw")], runtime)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
     short = tmp_path / "short.raw"
     np.zeros(10, np.float32).tofile(short)
-    wrong = arm_bundle.run_runner(library, ["--input", str(short)], runtime)
+    wrong = arm_runtime.run_runner(library, ["--input", str(short)], runtime)
     assert wrong.returncode == 1 and "has 40 bytes; the model takes 49152" in wrong.stderr
     x86_library, _ = xt_small_x86
     good = tmp_path / "x.raw"
     reference_input(manifest["input_shape"]).tofile(good)
-    foreign = arm_bundle.run_runner(x86_library, ["--input", str(good), "--shape", "1,3,64,64"], runtime)
+    foreign = arm_runtime.run_runner(x86_library, ["--input", str(good), "--shape", "1,3,64,64"], runtime)
     assert foreign.returncode == 1 and "cannot load" in foreign.stderr
-    no_lib = arm_bundle.run_runner(tmp_path / "none.so", ["--input", str(good), "--shape", "1,3,64,64"], runtime)
+    no_lib = arm_runtime.run_runner(tmp_path / "none.so", ["--input", str(good), "--shape", "1,3,64,64"], runtime)
     assert no_lib.returncode == 1 and "does not exist" in no_lib.stderr
 
 
@@ -84,14 +84,14 @@ def test_runner_repeat_prints_latency_stats(xt_arm, runtime, tmp_path):
     raw = tmp_path / "x.raw"
     reference_input(manifest["input_shape"]).tofile(raw)
     out = tmp_path / "y.raw"
-    done = arm_bundle.run_runner(library, ["--input", str(raw), "--output", str(out), "--repeat", "2"], runtime)
+    done = arm_runtime.run_runner(library, ["--input", str(raw), "--output", str(out), "--repeat", "2"], runtime)
     assert done.returncode == 0, done.stderr
     assert "median" in done.stdout and "p90" in done.stdout
     assert np.fromfile(out, np.float32).shape == (1000,)
 
 
 def test_emulated_libraries_are_never_timed(xt_arm):
-    from parcnet_tvm.timing import compare_with_pytorch
+    from parcnet_tvm.bench.compare import compare_with_pytorch
 
     library, manifest = xt_arm
     with pytest.raises(ParcnetError, match="emulated time is not latency"):
@@ -106,7 +106,7 @@ def test_rpc_server_under_qemu_through_tracker(xt_arm, runtime):
     library, manifest = xt_arm
     tracker_port = free_port()
     tracker = start_tracker(tracker_port)
-    server = arm_bundle.start_rpc_server(port=free_port(), tracker=f"127.0.0.1:{tracker_port}", key="qemu-board")
+    server = arm_runtime.start_rpc_server(port=free_port(), tracker=f"127.0.0.1:{tracker_port}", key="qemu-board")
     try:
         deadline = time.time() + 120
         while True:
@@ -125,7 +125,7 @@ def test_rpc_server_under_qemu_through_tracker(xt_arm, runtime):
         vm.set_input("main", tvm.runtime.tensor(x, device))
         vm.invoke_stateful("main")
         out = vm.get_outputs("main").numpy()
-        from parcnet_tvm.build import model_from_manifest
+        from parcnet_tvm.weights import model_from_manifest
         from parcnet_tvm.verify import pytorch_output
 
         assert np.abs(out - pytorch_output(model_from_manifest(manifest), x)).max() <= 1e-4
@@ -159,16 +159,16 @@ def test_runner_preprocesses_images_like_imagenet_eval(xt_arm, runtime, tmp_path
     ppm = tmp_path / "image.ppm"
     ppm.write_bytes(b"P6 120 90 255\n" + image.tobytes())
     from_image, from_raw = tmp_path / "a.raw", tmp_path / "b.raw"
-    done = arm_bundle.run_runner(library, ["--input", str(ppm), "--output", str(from_image)], runtime)
+    done = arm_runtime.run_runner(library, ["--input", str(ppm), "--output", str(from_image)], runtime)
     assert done.returncode == 0, done.stderr
     raw = tmp_path / "x.raw"
     _imagenet_preprocess(image, SMALL, SMALL).tofile(raw)
-    done = arm_bundle.run_runner(library, ["--input", str(raw), "--output", str(from_raw)], runtime)
+    done = arm_runtime.run_runner(library, ["--input", str(raw), "--output", str(from_raw)], runtime)
     assert done.returncode == 0, done.stderr
     assert np.abs(np.fromfile(from_image, np.float32) - np.fromfile(from_raw, np.float32)).max() <= 1e-4
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    refused = arm_bundle.run_runner(library, ["--input", str(bad)], runtime)
+    refused = arm_runtime.run_runner(library, ["--input", str(bad)], runtime)
     assert refused.returncode == 1 and "not a readable image" in refused.stderr
 
 

@@ -4,7 +4,7 @@ import json
 
 from parcnet_tvm.targets import local_cuda_arch
 
-from conftest import SMALL, needs_arm_toolchain, run_script
+from support import SMALL, needs_arm_toolchain, run_script
 
 KEYS = {"model", "target", "batch", "input_size", "backend", "median_ms", "p90_ms", "peak_mem_mb",
         "speedup_vs_pytorch"}
@@ -101,18 +101,20 @@ def test_arm_bench_times_through_an_rpc_tracker_next_to_the_given_pytorch_time(t
 
 
 def test_cached_library_is_reused_only_when_built_by_this_pipeline(tmp_path, monkeypatch):
-    from parcnet_tvm import bench, manifest as manifest_io
+    from parcnet_tvm import manifest as manifest_io
+    from parcnet_tvm.bench import cache
+    from parcnet_tvm.bench.backends import BenchCase
 
-    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
-    case = bench.BenchCase(model="xt", batch=1, input_size=(SMALL, SMALL))
+    monkeypatch.setattr(cache, "BENCH_DIR", tmp_path)
+    case = BenchCase(model="xt", batch=1, input_size=(SMALL, SMALL))
     builds = []
-    library = bench.prepare_library(case, "tvm-untuned", [], builds.append)
+    library = cache.prepare_library(case, "tvm-untuned", [], builds.append)
     assert len(builds) == 1 and manifest_io.read(library)["pipeline"] == manifest_io.pipeline_fingerprint()
-    assert bench.prepare_library(case, "tvm-untuned", [], builds.append) == library and len(builds) == 1
+    assert cache.prepare_library(case, "tvm-untuned", [], builds.append) == library and len(builds) == 1
     manifest = manifest_io.read(library)
     manifest["pipeline"] = "an older pipeline"
     manifest_io.write(library, manifest)
-    bench.prepare_library(case, "tvm-untuned", [], builds.append)
+    cache.prepare_library(case, "tvm-untuned", [], builds.append)
     assert len(builds) == 2  # rebuilt, not measured as if it were current
 
 
@@ -120,7 +122,7 @@ def test_gpu_precision_note_follows_pytorch_flags(monkeypatch):
     """The CUDA table says whether PyTorch used TF32 tensor cores (its default for convolutions)."""
     import torch
 
-    from parcnet_tvm.bench import torch_gpu_precision
+    from parcnet_tvm.bench.report import torch_gpu_precision
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

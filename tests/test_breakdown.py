@@ -4,7 +4,7 @@ import pytest
 
 from parcnet_tvm.breakdown import kernel_group, profile_library
 
-from conftest import run_script
+from support import run_script
 
 
 def test_kernel_groups_drop_numbering_only():

@@ -7,17 +7,18 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-import tvm
 
 from parcnet_tvm import ParcnetError, create_model
-from parcnet_tvm.build import BuildRequest, build_library, compile_relax, prepare_model, prepare_relax
+from parcnet_tvm.build import BuildRequest, build_library
+from parcnet_tvm.pipeline import compile_prepared, prepare
+from parcnet_tvm.weights import prepare_model
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.manifest import sha256
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import verify_library
 from schedules.cuda import SHARED_BYTES
 
-from conftest import SMALL, cuda_kernel_limits, needs_arm_toolchain, run_script
+from support import SMALL, cuda_kernel_limits, needs_arm_toolchain, run_script
 
 
 def test_x86_build_writes_verified_library_and_manifest(xt_small_x86):
@@ -44,6 +45,9 @@ def test_manifest_names_the_rule_that_scheduled_each_kernel(xt_small_x86):
     assert not [rule for rule in schedules if "fallback" in rule], schedules
     assert {"cpu_gemm", "cpu_conv", "cpu_depthwise_conv", "cpu_layer_norm_general", "oversized_conv"} <= set(schedules)
     assert all(name.startswith("fused_matmul") for name in schedules["cpu_gemm"])
+    # what the graph passes did, from the passes' own report
+    assert manifest["graph_passes"]["oversized_pairs"] == 17
+    assert manifest["graph_passes"]["layer_norms_fused"] == 38
 
 
 def test_library_holds_the_weights_once(xt_small_x86):
@@ -167,8 +171,8 @@ def test_cuda_build_without_gpu_has_a_threaded_kernel_per_op(tmp_path, arch, siz
     fit shared memory whole), and our op's kernels stage their inputs in shared memory."""
     named = get_target("cuda", cuda_arch=arch)
     mod = import_model(prepare_model("xt", size), (1, 3, size, size))
-    prepared = prepare_relax(mod, named)
-    executable = compile_relax(mod, named)
+    prepared = prepare(mod, named)
+    executable = compile_prepared(prepared, named)
     # The kernels after the first ones are launched from one CUDA graph, captured on the first call.
     assert executable.as_text().count("call  vm.builtin.cuda_graph.run_or_capture") == 1
     cuda = [m for kind, m in _module_kinds(executable.mod) if kind == "cuda"]

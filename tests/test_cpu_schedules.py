@@ -10,12 +10,12 @@ import tvm
 from tvm import tirx
 
 from parcnet_tvm.targets import get_target
-from parcnet_tvm.tune import task_contexts, extract_tasks
+from parcnet_tvm.tuning.tasks import extract_tasks, task_contexts
 from schedules import hand_rule_for, schedule_kernels
 from schedules.cpu_target import cpu_target
 from schedules.cpu_tiling import register_tile_choices, tile_registers
 
-from conftest import SMALL
+from support import SMALL
 
 # Every kernel family of ParCNetV2 and the rule that must schedule it.
 FAMILY_RULES = {
@@ -36,7 +36,8 @@ def named(isa):
 @pytest.fixture(scope="module")
 def fused_xt():
     """XT at 64x64 after our graph passes, legalization and fusion (the same graph on every CPU)."""
-    from parcnet_tvm.build import fused_module, prepare_model
+    from parcnet_tvm.pipeline import fused_module
+    from parcnet_tvm.weights import prepare_model
     from parcnet_tvm.frontend import import_model
 
     model = prepare_model("xt", SMALL)

@@ -10,14 +10,17 @@ from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 from schedules import schedule_kernels
 from schedules.cuda_depthwise import DepthwiseConvCuda
 
-from parcnet_tvm.build import fused_module, prepare_model, prepare_relax
+from parcnet_tvm.pipeline import PipelineOptions, fused_module, prepare, report
+from parcnet_tvm.weights import prepare_model
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.targets import get_target, local_cuda_arch
-from parcnet_tvm.tune import Measurement, PooledBuilder, TuneBudget, _FinishedFuture, tune_fused_module
+from parcnet_tvm.tuning.budget import TuneBudget
+from parcnet_tvm.tuning.measurement import _FinishedFuture, Measurement, PooledBuilder
+from parcnet_tvm.tuning.tasks import tune_fused_module
 from parcnet_tvm.tuning_log import open_database
 from parcnet_tvm.verify import load_vm, pytorch_output, reference_input, run_vm
 
-from conftest import SMALL
+from support import SMALL
 from gpu_emulation import call_on_cpu, emulated_library, run_on_cpu
 
 def needs_gpu(test):
@@ -52,7 +55,7 @@ def test_cuda_tuning_candidates_compile_and_compute_without_a_gpu(imported_xt, t
     measures on a GPU, and that compute what they replace (emulated on this CPU: each of our
     op's candidates; the whole model built from the database)."""
     named = get_target("cuda", cuda_arch="sm_90")
-    fused = fused_module(imported_xt, named, oversized_algo=algo)
+    fused = fused_module(imported_xt, named, PipelineOptions(oversized_algo=algo))
     runner = BuiltOnlyRunner()
     measurement = Measurement("local", PooledBuilder(2), runner, "no GPU: compile only")
     summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 4, 4), measurement, only=only,
@@ -65,7 +68,7 @@ def test_cuda_tuning_candidates_compile_and_compute_without_a_gpu(imported_xt, t
         for record in records:
             _assert_candidate_computes_its_workload(record)
     else:  # the whole program built from this database computes the model
-        _assert_emulated_build_matches_pytorch(prepare_relax(imported_xt, named, tuning_log=tmp_path), named)
+        _assert_emulated_build_matches_pytorch(prepare(imported_xt, named, PipelineOptions(tuning_logs=(tmp_path,))), named)
 
 
 def _assert_emulated_build_matches_pytorch(prepared, named, model="xt", batch=1):
@@ -104,10 +107,9 @@ def test_whole_cuda_program_matches_pytorch_in_emulation(model):
     thread by thread on this CPU: the whole program against PyTorch."""
     named = get_target("cuda", cuda_arch="sm_90")
     batch = 2
-    stats: dict = {}
     mod = import_model(prepare_model(model, SMALL), (batch, 3, SMALL, SMALL))
-    prepared = prepare_relax(mod, named, stats=stats)
-    assert set(stats["kernel_schedules"]) == CUDA_RULE_NAMES
+    prepared = prepare(mod, named)
+    assert set(report(prepared)["kernel_schedules"]) == CUDA_RULE_NAMES
     _assert_emulated_build_matches_pytorch(prepared, named, model, batch)
 
 
@@ -240,7 +242,7 @@ def test_cuda_library_matches_pytorch_on_the_gpu(tmp_path):
 def test_cuda_bench_times_every_gpu_backend(tmp_path):
     import json
 
-    from conftest import run_script
+    from support import run_script
 
     out = tmp_path / "cuda.json"
     done = run_script("bench.py", "--target", "cuda", "--model", "xt", "--input-size", SMALL, "--repeat", 3,

@@ -7,7 +7,7 @@ import re
 import pytest
 from tvm import relax
 
-from parcnet_tvm.build import prepare_model
+from parcnet_tvm.weights import prepare_model
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.graph import calls
 from parcnet_tvm.layout import count_transposes, fold_transposes, to_channels_last
@@ -15,7 +15,7 @@ from parcnet_tvm.model import VARIANTS
 from parcnet_tvm.rewrite import PRIMFUNC_PREFIX, rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
 
-from conftest import SMALL
+from support import SMALL
 
 BLOCKS = {name: VARIANTS[name].depths for name in ("xt", "t")}
 
@@ -104,7 +104,7 @@ def test_each_layer_norm_general_becomes_one_op():
 def test_every_target_runs_the_channels_last_graph():
     """CPUs and CUDA get the same graph passes: LayerNormGeneral as one op, the bias-free 1x1
     convs (pwconv2) as GEMMs with the residual add, no plain conv2d kernel left."""
-    from parcnet_tvm.build import fused_module
+    from parcnet_tvm.pipeline import fused_module
 
     mod = import_model(prepare_model("xt", SMALL), (1, 3, SMALL, SMALL))
     for target in ("x86", "cuda"):

@@ -11,7 +11,7 @@ from tvm import te
 
 from parcnet_tvm import ParcnetError
 from parcnet_tvm.bench_op import conv_pair_module, stage_shapes
-from parcnet_tvm.build import compile_relax
+from parcnet_tvm.pipeline import PipelineOptions, compile_relax
 from parcnet_tvm.oversized import TOEPLITZ_MAX_BYTES, choose_algo, oversized_conv, reference, weight_constants
 from parcnet_tvm.rewrite import count_oversized_convs, rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
@@ -20,7 +20,7 @@ from schedules.arm import OversizedConvArm
 from schedules.cuda import SHARED_BYTES, OversizedConvCuda, cuda_passes
 from schedules.x86 import OversizedConvX86
 
-from conftest import cuda_kernel_limits
+from support import cuda_kernel_limits
 
 X86 = get_target("x86")
 
@@ -41,7 +41,7 @@ def _pytorch_pair(x, wh, ww):
 
 
 def _run_pair(x, wh, ww, algo):
-    executable = compile_relax(conv_pair_module(wh, ww, x.shape), X86, custom_op=True, oversized_algo=algo)
+    executable = compile_relax(conv_pair_module(wh, ww, x.shape), X86, PipelineOptions(oversized_algo=algo))
     vm = load_vm(executable, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
@@ -170,10 +170,10 @@ def test_cuda_op_fits_a_thread_block_at_every_map_size(height, width, passes):
 def test_cuda_rewrite_runs_large_maps_as_two_ops_and_refuses_what_cannot_fit():
     x, wh, ww = _case(2, 112, 112)
     pair = conv_pair_module(wh, ww, x.shape)
-    split, replaced, _ = rewrite_oversized_convs(pair, "auto", target_kind="cuda")
+    split, replaced, _ = rewrite_oversized_convs(pair, "auto", target_kind="cuda", passes_for=cuda_passes)
     assert replaced == 1 and count_oversized_convs(split) == 2  # the H pass, then the W pass
     assert count_oversized_convs(rewrite_oversized_convs(pair, "auto", target_kind="llvm")[0]) == 1
     vm = load_vm(tvm.compile(split, target="llvm"), tvm.cpu())  # the two ops wired in order, on the CPU
     assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - _pytorch_pair(x, wh, ww)).max() <= 1e-4
     with pytest.raises(ParcnetError, match="does not fit a CUDA thread block's shared memory.*--oversized-algo direct"):
-        rewrite_oversized_convs(pair, "toeplitz", target_kind="cuda")
+        rewrite_oversized_convs(pair, "toeplitz", target_kind="cuda", passes_for=cuda_passes)

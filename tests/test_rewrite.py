@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 import tvm
 
-from parcnet_tvm.build import BuildRequest, build_library, compile_relax, prepare_model
+from parcnet_tvm.build import BuildRequest, build_library
+from parcnet_tvm.pipeline import PipelineOptions, compile_relax
+from parcnet_tvm.weights import prepare_model
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.rewrite import count_oversized_convs, rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import load_vm, pytorch_output, reference_input, run_vm
 
-from conftest import SMALL
+from support import SMALL
 
 BLOCKS = {"xt": 17, "t": 21, "s": 39, "b": 39}
 
@@ -65,8 +67,8 @@ def test_whole_model_unchanged_by_rewrite(name):
     expected = pytorch_output(model, x)
     mod = import_model(model, shape)
     named = get_target("x86")
-    ours = run_vm(load_vm(compile_relax(mod, named, custom_op=True), tvm.cpu()), x, tvm.cpu())
-    generic = run_vm(load_vm(compile_relax(mod, named, custom_op=False), tvm.cpu()), x, tvm.cpu())
+    ours = run_vm(load_vm(compile_relax(mod, named, PipelineOptions(custom_op=True)), tvm.cpu()), x, tvm.cpu())
+    generic = run_vm(load_vm(compile_relax(mod, named, PipelineOptions(custom_op=False)), tvm.cpu()), x, tvm.cpu())
     assert np.abs(ours - expected).max() <= 1e-4
     assert np.abs(ours - generic).max() <= 1e-4
 

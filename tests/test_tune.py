@@ -13,10 +13,12 @@ import pytest
 from parcnet_tvm import manifest as manifest_io
 from parcnet_tvm.board import free_port, start_tracker, stop, wait_for_server
 from parcnet_tvm.targets import local_cuda_arch
-from parcnet_tvm.tune import TuneBudget, extract_tasks, local_measurement, rpc_measurement, tune_fused_module
+from parcnet_tvm.tuning.budget import TuneBudget
+from parcnet_tvm.tuning.measurement import local_measurement, rpc_measurement
+from parcnet_tvm.tuning.tasks import extract_tasks, tune_fused_module
 from parcnet_tvm.tuning_log import RECORD_FILE, WORKLOAD_FILE, open_database, record_counts
 
-from conftest import ROOT, SMALL, needs_arm_toolchain, run_script
+from support import ROOT, SMALL, needs_arm_toolchain, run_script
 
 ONLY = ("oversized_conv",)  # XT at 64 has 4 such tasks (one per stage): cheap to tune
 
@@ -29,7 +31,8 @@ def record_lines(work_dir):
 @pytest.fixture(scope="module")
 def fused_xt():
     """XT at 64x64 rewritten, legalized and fused for x86: (module, named target)."""
-    from parcnet_tvm.build import fused_module, prepare_model
+    from parcnet_tvm.pipeline import fused_module
+    from parcnet_tvm.weights import prepare_model
     from parcnet_tvm.frontend import import_model
     from parcnet_tvm.targets import get_target
 
@@ -72,7 +75,7 @@ def test_tiny_tuning_run_builds_a_verified_tuned_library(tiny_run):
 
 
 def test_task_allowance_follows_flop_share_unless_one_is_given():
-    from parcnet_tvm.tune import default_budget, task_trial_caps
+    from parcnet_tvm.tuning.budget import default_budget, task_trial_caps
 
     flops = [70.0, 20.0, 9.0, 0.9, 0.1]
     budget = default_budget(len(flops), trials=200)
@@ -191,7 +194,9 @@ def test_warm_start_reuses_tuned_tasks_without_new_trials(tiny_run, fused_xt, tm
 def test_s_warm_started_from_t_needs_no_trials_and_its_library_verifies(tmp_path):
     """T's records name T's blocks: copied to S's log they must keep T's workload, or
     MetaSchedule cannot load them (found on the way: S after T at 224)."""
-    from parcnet_tvm.build import BuildRequest, build_library, fused_module, prepare_model
+    from parcnet_tvm.build import BuildRequest, build_library
+    from parcnet_tvm.pipeline import fused_module
+    from parcnet_tvm.weights import prepare_model
     from parcnet_tvm.frontend import import_model
     from parcnet_tvm.targets import get_target
 
@@ -216,7 +221,8 @@ def test_s_shares_every_task_shape_with_t():
     """Why warm-starting S from T's log needs (almost) no new trials."""
     from tvm.s_tir import meta_schedule as ms
 
-    from parcnet_tvm.build import fused_module, prepare_model
+    from parcnet_tvm.pipeline import fused_module
+    from parcnet_tvm.weights import prepare_model
     from parcnet_tvm.frontend import import_model
     from parcnet_tvm.targets import get_target
 

@@ -6,14 +6,14 @@ import numpy as np
 import tvm
 
 from parcnet_tvm.bench_op import conv_pair_module
-from parcnet_tvm.build import compile_relax
+from parcnet_tvm.pipeline import PipelineOptions, compile_relax
 from parcnet_tvm.rewrite import rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
-from parcnet_tvm.tune import tune_oversized_ops
+from parcnet_tvm.tuning.tasks import tune_oversized_ops
 from parcnet_tvm.tuning_log import RECORD_FILE
 from parcnet_tvm.verify import load_vm
 
-from conftest import run_script
+from support import run_script
 
 
 def test_tuning_our_op_samples_tile_knobs_and_applies(tmp_path):
@@ -34,8 +34,8 @@ def test_tuning_our_op_samples_tile_knobs_and_applies(tmp_path):
     assert len(lines) == len(records) and all(json.loads(line) for line in lines)
 
     x = rng.standard_normal((1, channels, height, width), dtype=np.float32)
-    tuned = load_vm(compile_relax(module, named, tuning_log=tmp_path), tvm.cpu())
-    generic = load_vm(compile_relax(module, named, custom_op=False), tvm.cpu())
+    tuned = load_vm(compile_relax(module, named, PipelineOptions(tuning_logs=(tmp_path,))), tvm.cpu())
+    generic = load_vm(compile_relax(module, named, PipelineOptions(custom_op=False)), tvm.cpu())
     got = tuned["main"](tvm.runtime.tensor(x)).numpy()
     assert np.abs(got - generic["main"](tvm.runtime.tensor(x)).numpy()).max() <= 1e-4
 

@@ -1,0 +1,197 @@
+"""Benchmark stage: our libraries against PyTorch and the peers a user would pick, side by side.
+
+x86 and CUDA: each (model, batch, backend) is timed in a fresh worker process (`python -m
+parcnet_tvm.bench --worker ...`), one after the other, at the same thread count: warm-up, then
+the median and p90 of the repeats (CUDA: each run ends with a device synchronisation). A fresh
+process per backend is what makes the memory column honest. `peak_mem_mb` on x86 is the peak
+resident memory (VmHWM in /proc/self/status) minus the resident memory the worker had after
+importing torch, TVM and ONNX Runtime and before creating the backend, i.e. what the backend
+itself added at its peak: weights, activations, workspaces, compiled code. On CUDA it is the
+GPU memory in use after the runs (cudaMemGetInfo) minus the same before the backend was made:
+PyTorch's caching allocator and TVM's pooled allocator both keep their peak allocations.
+
+ARM: the TVM libraries are uploaded to the board through RPC, their output is checked against
+PyTorch's (computed here), then they are timed there (`time_evaluator`, one call per sample).
+PyTorch does not run through RPC: `--pytorch-ms` adds a time the user measured on the board.
+The emulated board (qemu) checks correctness only; its times are never shown.
+
+TVM libraries are built (and verified against PyTorch, like every library of the pipeline)
+by the parent and cached under build/bench/; ONNX files likewise.
+
+Modules: backends (what is compared), worker (one backend in a fresh process), cache (the
+libraries and ONNX files), board (ARM through RPC), report (header, table, JSON, plot); the
+orchestration of one case is here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+
+from .. import board
+from ..errors import ParcnetError
+from ..model import parse_input_size, variant_key
+from ..targets import get_target, local_cuda_arch
+from ..tuning_log import has_log
+from .backends import BACKENDS, DEFAULT_BACKENDS, TVM_BACKENDS, BenchCase, missing_backend
+from .on_board import Board, _bench_on_board, _board_reference
+from .cache import BENCH_DIR, default_tuning_logs, prepare_library, prepare_onnx
+from .report import _describe, format_table, gpu_name, json_rows, machine_header, plot
+from .worker import _run_worker
+
+def _new_row(case: BenchCase, backend: str) -> dict:
+    row = {"model": f"parcnetv2_{case.model}", "target": case.target, "batch": case.batch,
+           "input_size": list(case.input_size), "backend": backend, "median_ms": None, "p90_ms": None,
+           "peak_mem_mb": None, "speedup_vs_pytorch": None}
+    if case.target == "cuda":
+        row["gpu"] = gpu_name()
+    return row
+
+
+def _skip(row: dict, reason: str, log) -> dict:
+    row["skipped"] = reason
+    log(f"[bench] {row['model']} b{row['batch']} {row['backend']}: skipped ({reason})")
+    return row
+
+
+def bench_case(case: BenchCase, backends, repeat: int, threads: int, max_seconds: float, tuning_logs=None,
+               log=print, board: Board | None = None, pytorch_ms: float | None = None) -> list[dict]:
+    """Rows for one (model, batch): every backend timed in turn, or marked skipped with why.
+    With `board` (ARM) the TVM libraries run there and `pytorch_ms` is the user's board time."""
+    rows = []
+    logs = list(tuning_logs) if tuning_logs else default_tuning_logs(case)
+    reference = _board_reference(case) if board else None
+    for backend in backends:
+        row = _new_row(case, backend)
+        reason = missing_backend(backend, case.target)
+        if backend == "tvm-tuned" and not logs:
+            reason = (f"no tuning log for {case.model} at this size and batch (tune it: scripts/tune.py "
+                      f"--target {case.target} --model {case.model} --batch {case.batch}, or pass --tuning-log)")
+        if reason:
+            rows.append(_skip(row, reason, log))
+            continue
+        try:
+            library = prepare_library(case, backend, logs, log) if backend in TVM_BACKENDS else None
+            if board:
+                result = _bench_on_board(backend, library, board, reference, repeat, pytorch_ms)
+            else:
+                spec = {"backend": backend, "model": case.model, "batch": case.batch, "target": case.target,
+                        "input_size": list(case.input_size), "threads": threads, "repeat": repeat,
+                        "max_seconds": max_seconds, "library": str(library) if library else None}
+                if backend == "onnxruntime":
+                    spec["onnx"] = str(prepare_onnx(case))
+                result = _run_worker(spec)
+        except (ParcnetError, RuntimeError) as err:
+            rows.append(_skip(row, str(err), log))
+            continue
+        row.update({k: result[k] for k in ("median_ms", "p90_ms", "peak_mem_mb", "repeat", "max_abs_error",
+                                           "source") if k in result})
+        log(f"[bench] {row['model']} b{case.batch} {backend}: " + _describe(row))
+        rows.append(row)
+    eager = next((r["median_ms"] for r in rows if r["backend"] == "pytorch-eager" and r["median_ms"]), None)
+    for row in rows:
+        if eager and row["median_ms"]:
+            row["speedup_vs_pytorch"] = round(eager / row["median_ms"], 3)
+    return rows
+
+@dataclass
+class BenchRequest:
+    target: str = "x86"
+    model: list = field(default_factory=lambda: ["xt", "t"])
+    batch: list = field(default_factory=lambda: [1])
+    input_size: str = "224"
+    repeat: int = 30
+    max_seconds: float = 60
+    threads: int = 1
+    backends: list | None = None
+    tuning_log: list = field(default_factory=list)
+    json: str | None = None
+    plot: str | None = None
+    emulate: bool = False
+    rpc: str | None = None
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
+    pytorch_ms: list = field(default_factory=list)
+
+
+def parse_pytorch_ms(values, models, batches) -> dict:
+    """{(model, batch): ms} from MS (one model and batch), MODEL=MS or MODEL@BATCH=MS."""
+    given = {}
+    for value in values:
+        key, _, ms = value.rpartition("=")
+        try:
+            ms = float(ms)
+        except ValueError:
+            raise ParcnetError(f"--pytorch-ms {value!r}: expected [MODEL[@BATCH]=]MS, e.g. 812 or xt=812") from None
+        if not key:
+            if len(models) * len(batches) != 1:
+                raise ParcnetError("--pytorch-ms MS is ambiguous with several models or batches: "
+                                   "give MODEL=MS or MODEL@BATCH=MS")
+            given[(models[0], batches[0])] = ms
+            continue
+        model, _, batch = key.partition("@")
+        for b in ([int(batch)] if batch.isdigit() else batches):
+            given[(variant_key(model), b)] = ms
+    return given
+
+
+def check_request(args: BenchRequest):
+    named = get_target(args.target)
+    if args.repeat < 2 or args.threads < 1:
+        raise ParcnetError("--repeat must be >= 2 and --threads >= 1")
+    if any(batch < 1 for batch in args.batch):
+        raise ParcnetError(f"--batch {args.batch}: every batch must be >= 1")
+    board.check_board_args(args.rpc_tracker, args.rpc_key, args.rpc)
+    on_board = bool(args.rpc or args.rpc_tracker or args.emulate)
+    if named.name != "arm" and (on_board or args.pytorch_ms):
+        raise ParcnetError("--rpc/--rpc-tracker/--emulate/--pytorch-ms are for --target arm (a board)")
+    if named.name == "arm" and not on_board:
+        raise ParcnetError("bench.py --target arm times libraries on the board: give --rpc-tracker HOST:PORT "
+                           "--rpc-key KEY or --rpc HOST:PORT (or --emulate to check correctness under qemu)")
+    if args.emulate and (args.rpc or args.rpc_tracker):
+        raise ParcnetError("--emulate starts its own emulated board: drop --rpc/--rpc-tracker")
+    if args.emulate and args.pytorch_ms:
+        raise ParcnetError("--emulate checks correctness and shows no times: drop --pytorch-ms")
+    if named.name == "cuda" and not local_cuda_arch():
+        raise ParcnetError("bench.py --target cuda needs an NVIDIA GPU, and none is visible on this machine "
+                           "(build CUDA libraries here with build.py --target cuda; time them on the GPU machine)")
+    for log_dir in args.tuning_log:
+        if not has_log(log_dir):
+            raise ParcnetError(f"--tuning-log {log_dir}: no tuning log there (a work dir of scripts/tune.py)")
+    return named
+
+
+
+def run_bench(args: BenchRequest, log=print) -> list[dict]:
+    """Every (batch, model) of the request on every backend, printed as one table (and written
+    as JSON and a plot when asked); returns the rows."""
+    named = check_request(args)
+    size = parse_input_size(args.input_size)
+    models = [variant_key(m) for m in args.model]
+    pytorch_ms = parse_pytorch_ms(args.pytorch_ms, models, args.batch)
+    backends = args.backends or DEFAULT_BACKENDS[named.name]
+    rows = []
+    with board.chosen_board(args.emulate, args.rpc, args.rpc_tracker, args.rpc_key, log) as chosen:
+        the_board = None if chosen is None else Board(
+            functools.partial(board.connect, chosen.tracker, chosen.key, chosen.direct, session_timeout=600),
+            chosen.where, chosen.emulated)
+        for batch in args.batch:
+            for model in models:
+                rows += bench_case(BenchCase(model, batch, size, named.name), backends, args.repeat, args.threads,
+                                   args.max_seconds, args.tuning_log or None, log, board=the_board,
+                                   pytorch_ms=pytorch_ms.get((model, batch)))
+        header = machine_header(args.threads, named.name, the_board)
+    log(format_table(rows, header))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(json_rows(rows), out, indent=1)
+        log(f"rows written to {args.json}")
+    if args.plot:
+        reason = plot(rows, header, args.plot)
+        log(f"plot: skipped ({reason})" if reason else f"plot written to {args.plot}")
+    return rows
+
+
+__all__ = ["BenchRequest", "run_bench", "BACKENDS", "DEFAULT_BACKENDS", "TVM_BACKENDS", "BENCH_DIR", "Board", "BenchCase", "bench_case",
+           "format_table", "gpu_name", "json_rows", "machine_header", "missing_backend", "plot"]

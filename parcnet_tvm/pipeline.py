@@ -1,0 +1,187 @@
+"""Our compilation pipeline: one named list of passes per target kind.
+
+Each step is a `tvm.transform` pass over the whole module, so a pipeline is a plain list to
+read top to bottom and run with `tvm.transform.Sequential`. The options travel in one
+`PipelineOptions`. What a pass did (how many oversized pairs it replaced, which rule
+scheduled which kernel) it records in the module's `parcnet_report` attribute, read back with
+`report(mod)`: no out-parameters.
+
+The graph passes (up to FuseTIR) give the module MetaSchedule extracts its tasks from
+(`fused_module`); the schedule passes then apply the tuning logs and schedule the rest with
+our rules (`schedules/`). `tvm_default` runs none of it: TVM's own default build, the
+untuned baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax
+
+from schedules import FROM_DATABASE, op_passes, schedule_kernels
+
+from .fast_math import legalize_map
+from .layout import count_transposes, to_channels_last
+from .norm import fuse_layer_norms
+from .rewrite import rewrite_oversized_convs
+from .targets import NamedTarget
+from .tuning_log import apply_database
+
+REPORT = "parcnet_report"
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    custom_op: bool = True        # our oversized-conv op; False keeps TVM's conv2d for it
+    oversized_algo: str = "auto"  # auto | direct | toeplitz
+    exact_math: bool = False      # keep libm erf in GELU instead of the fast polynomial (CPUs)
+    tuning_logs: tuple = ()       # tuning log dirs whose records replace our schedules
+    tvm_default: bool = False     # TVM's default build of everything: the untuned baseline
+    cuda_graph: bool = True       # CUDA: replay the kernels from a CUDA graph
+
+
+def report(mod: tvm.IRModule) -> dict:
+    """What the passes that ran on `mod` recorded, as plain data."""
+    attrs = mod.attrs
+    text = attrs.get(REPORT) if attrs is not None else None
+    return json.loads(str(text)) if text is not None else {}
+
+
+def _reported(mod: tvm.IRModule, **entries) -> tvm.IRModule:
+    return mod.with_attr(REPORT, json.dumps({**report(mod), **entries}))
+
+
+# ---------------------------------------------------------------- our passes
+
+@tvm.transform.module_pass(opt_level=0, name="RewriteOversizedConvs")
+class RewriteOversizedConvs:
+    """Each oversized depth-wise conv pair (2H-1 x 1, then 1 x 2W-1) becomes our op."""
+
+    def __init__(self, algo: str, target_kind: str):
+        self.algo, self.target_kind = algo, target_kind
+
+    def transform_module(self, mod, _ctx):
+        mod, replaced, algos = rewrite_oversized_convs(mod, self.algo, target_kind=self.target_kind,
+                                                       passes_for=op_passes(self.target_kind))
+        return _reported(mod, oversized_pairs=replaced,
+                         oversized_algos={a: algos.count(a) for a in sorted(set(algos))})
+
+
+@tvm.transform.module_pass(opt_level=0, name="ToChannelsLast")
+def to_channels_last_pass(mod, _ctx):
+    """Channels-last throughout, the 1x1 convs as GEMMs with their adds as epilogues."""
+    mod = to_channels_last(mod)
+    return _reported(mod, transposes_left=count_transposes(mod))
+
+
+@tvm.transform.module_pass(opt_level=0, name="FuseLayerNormGeneral")
+def fuse_layer_norms_pass(mod, _ctx):
+    """Each LayerNormGeneral chain (eight Relax ops) as one op."""
+    mod, fused = fuse_layer_norms(mod)
+    return _reported(mod, layer_norms_fused=fused)
+
+
+@tvm.transform.module_pass(opt_level=0, name="ApplyTuningLogs")
+class ApplyTuningLogs:
+    """Kernels the tuning logs have records for take their best schedule."""
+
+    def __init__(self, named: NamedTarget, logs, log=print):
+        self.named, self.logs, self.log = named, list(logs), log
+
+    def transform_module(self, mod, _ctx):
+        return apply_database(mod, self.named, self.logs, log=self.log)
+
+
+@tvm.transform.module_pass(opt_level=0, name="ScheduleKernels")
+class ScheduleKernels:
+    """Every kernel not scheduled yet, by the first of our rules that matches it."""
+
+    def __init__(self, target: tvm.target.Target):
+        self.target = target
+
+    def transform_module(self, mod, _ctx):
+        mod, kernel_schedules = schedule_kernels(mod, self.target)
+        return _reported(mod, kernel_schedules=kernel_schedules,
+                         kernels_from_database=len(kernel_schedules.get(FROM_DATABASE, [])),
+                         kernels=sum(len(names) for names in kernel_schedules.values()))
+
+
+def legalize_and_fuse(target_kind: str, exact_math: bool = False) -> list:
+    """TVM's lowering of Relax ops to kernels, then fusion (GELU's erf as a fast polynomial on
+    CPUs unless `exact_math`)."""
+    return [
+        relax.transform.LegalizeOps(customize_legalize_map=legalize_map(target_kind, exact_math)),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+# ---------------------------------------------------------------- one list per target kind
+
+def cpu_graph_passes(named: NamedTarget, options: PipelineOptions) -> list:
+    return [
+        *([RewriteOversizedConvs(options.oversized_algo, "llvm")] if options.custom_op else []),
+        to_channels_last_pass,
+        fuse_layer_norms_pass,
+        *legalize_and_fuse("llvm", options.exact_math),
+    ]
+
+
+def cuda_graph_passes(named: NamedTarget, options: PipelineOptions) -> list:
+    # CUDA: our op split into its two passes where a block's shared memory cannot hold the
+    # fused op (RewriteOversizedConvs asks the CUDA schedule); libm's erf (exact) in GELU.
+    return [
+        *([RewriteOversizedConvs(options.oversized_algo, "cuda")] if options.custom_op else []),
+        to_channels_last_pass,
+        fuse_layer_norms_pass,
+        *legalize_and_fuse("cuda"),
+    ]
+
+
+GRAPH_PASSES = {"llvm": cpu_graph_passes, "cuda": cuda_graph_passes}
+
+
+def schedule_passes(named: NamedTarget, options: PipelineOptions, log=print) -> list:
+    return [
+        *([ApplyTuningLogs(named, options.tuning_logs, log)] if options.tuning_logs else []),
+        ScheduleKernels(named.target),
+    ]
+
+
+def fused_module(mod: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None) -> tvm.IRModule:
+    """The graph passes: the module MetaSchedule extracts its tasks from."""
+    options = options or PipelineOptions()
+    return tvm.transform.Sequential(GRAPH_PASSES[named.target.kind.name](named, options))(mod)
+
+
+def prepare(mod: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None, log=print) -> tvm.IRModule:
+    """Every pass of our pipeline for the target: the module TVM's build then lowers."""
+    options = options or PipelineOptions()
+    if options.tvm_default:
+        return mod
+    passes = GRAPH_PASSES[named.target.kind.name](named, options) + schedule_passes(named, options, log)
+    return tvm.transform.Sequential(passes)(mod)
+
+
+def uses_cuda_graph(named: NamedTarget, options: PipelineOptions) -> bool:
+    """CUDA builds of our pipeline launch their kernels from a CUDA graph: the VM otherwise
+    launches each of the ~300 kernels of a forward pass from the host, which is most of the
+    time at batch 1. TVM's default build (the untuned baseline) keeps TVM's default: none."""
+    return named.target.kind.name == "cuda" and options.cuda_graph and not options.tvm_default
+
+
+def compile_prepared(prepared: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None):
+    """TVM's lowering and code generation (on CUDA with RewriteCUDAGraph: the kernels after the
+    first one that reads the input are captured into a graph on the first call, then replayed)."""
+    options = options or PipelineOptions()
+    config = {"relax.backend.use_cuda_graph": True} if uses_cuda_graph(named, options) else {}
+    with tvm.transform.PassContext(config=config):
+        return tvm.compile(prepared.without_attr(REPORT), target=named.target)
+
+
+def compile_relax(mod: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None, log=print):
+    """`prepare`, then `compile_prepared`: an imported module to an executable."""
+    return compile_prepared(prepare(mod, named, options, log), named, options)

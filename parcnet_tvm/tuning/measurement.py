@@ -1,0 +1,147 @@
+"""Where trials are built and timed: builders (pooled over the host's cores), runners (this
+machine, one candidate at a time; boards through RPC), and the Measurement that pairs them."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+from tvm.s_tir.meta_schedule.runner import (EvaluatorConfig, LocalRunner, PyRunner, PyRunnerFuture,
+                                            RPCConfig, RPCRunner)
+
+
+
+from .. import board
+from ..errors import ParcnetError
+from ..targets import ARM_CXX, NamedTarget, host_cores
+
+
+
+@derived_object
+class _FinishedFuture(PyRunnerFuture):
+    def __init__(self, result):
+        super().__init__()
+        self._result = result
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        return self._result
+
+
+@derived_object
+class SerialRunner(PyRunner):
+    """Waits for every measurement before MetaSchedule moves on (so nothing compiles while a
+    candidate is timed on the same cores)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def run(self, runner_inputs):
+        return [_FinishedFuture(future.result()) for future in self.inner.run(runner_inputs)]
+
+
+def build_trial(mod, target, _params):
+    """Compile one candidate. MetaSchedule's default builder first imports every GPU tensor
+    intrinsic (21 s per build worker on this host, more than the builds themselves)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+@derived_object
+class PooledBuilder(PyBuilder):
+    """LocalBuilder's work in worker processes that live across batches (starting Python and
+    TVM costs ~2 s per worker); recycled every `recycle` batches against worker memory growth."""
+
+    def __init__(self, max_workers: int, timeout_sec: float = 120, f_export=None, recycle: int = 25):
+        super().__init__()
+        self.max_workers, self.timeout_sec, self.f_export, self.recycle = max_workers, timeout_sec, f_export, recycle
+        self.pool, self.batches = None, 0
+
+    def build(self, build_inputs):
+        from tvm.s_tir.meta_schedule.builder import local_builder
+        from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+        if self.pool is None or self.batches >= self.recycle:
+            if self.pool is not None:
+                self.pool.shutdown()
+            self.pool, self.batches = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec), 0
+        self.batches += 1
+        jobs = [(build_trial, self.f_export, b.mod, b.target, None) for b in build_inputs]
+        results = []
+        for done in self.pool.map_with_error_catching(lambda job: local_builder._worker_func(*job), jobs):
+            if done.status == StatusKind.COMPLETE:
+                results.append(BuilderResult(done.value, None))
+            elif done.status == StatusKind.TIMEOUT:
+                results.append(BuilderResult(None, f"build timed out after {self.timeout_sec} s"))
+            else:
+                results.append(BuilderResult(None, f"build failed: {done.value}"))
+        return results
+
+
+def export_arm_artifact(mod) -> str:
+    """Builder export for ARM trials: a shared library linked by the cross compiler (the board's
+    RPC server loads .so files; it has no compiler to link MetaSchedule's default .tar)."""
+    import tempfile
+
+    from tvm.support import cc
+
+    path = str(Path(tempfile.mkdtemp(prefix="parcnet-trial-")) / "trial.so")
+    mod.export_library(path, fcompile=cc.cross_compiler(ARM_CXX))
+    return path
+
+
+def _trial_session(rpc_config: RPCConfig, tracker=None, key=None, direct=None):
+    """RPCRunner's session factory (a picklable partial): board.connect with its retries."""
+    return board.connect(tracker, key, direct, session_timeout=rpc_config.session_timeout_sec)
+
+
+@dataclass
+class Measurement:
+    """Where trials are built and timed."""
+
+    kind: str  # local | rpc | emulated
+    builder: object
+    runner: object
+    where: str
+
+    @property
+    def emulated(self) -> bool:
+        return self.kind == "emulated"
+
+
+def local_measurement(named: NamedTarget) -> Measurement:
+    # A GPU kernel takes microseconds: 10 ms of repeats time it well, and a short GPU loan
+    # then measures several times as many candidates as with the CPUs' 50 ms.
+    min_repeat_ms = 10 if named.name == "cuda" else 50
+    runner = LocalRunner(timeout_sec=60, evaluator_config=EvaluatorConfig(number=3, repeat=1,
+                                                                          min_repeat_ms=min_repeat_ms))
+    return Measurement("local", PooledBuilder(host_cores()), SerialRunner(runner), f"this machine ({named.description})")
+
+
+def rpc_measurement(named: NamedTarget, tracker: str | None = None, key: str | None = None,
+                    direct: str | None = None, session_timeout: int = 60, emulated: bool = False) -> Measurement:
+    """Builder and runner for a board reached through an RPC tracker (`tracker` + `key`) or
+    directly (`direct` = HOST:PORT). ARM trials are cross-compiled to .so files."""
+    board.check_board_args(tracker, key, direct)
+    if not (direct or tracker):
+        raise ParcnetError("an RPC measurement needs --rpc HOST:PORT or --rpc-tracker HOST:PORT --rpc-key KEY")
+    host, port = board.parse_host_port(direct or tracker, "--rpc" if direct else "--rpc-tracker")
+    config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key or "direct",
+                       session_timeout_sec=session_timeout)
+    create = functools.partial(_trial_session, tracker=tracker, key=key, direct=direct)
+    where = f"RPC server {direct}" if direct else f"RPC tracker {tracker}, key {key}"
+    evaluator = EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0) if emulated else \
+        EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100)
+    runner = RPCRunner(config, evaluator, f_create_session=create)
+    export = export_arm_artifact if named.name == "arm" else None
+    builder = PooledBuilder(host_cores(), f_export=export)
+    return Measurement("emulated" if emulated else "rpc", builder,
+                       SerialRunner(runner) if emulated else runner, where)

@@ -1,0 +1,82 @@
+"""Progress of a tuning run: one line per measured batch, and the best time per task."""
+
+from __future__ import annotations
+
+import time
+
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+from .budget import TuneBudget
+
+
+
+
+
+
+def mean_run_seconds(result) -> float:
+    """A measured candidate's mean time (RunnerResult.run_secs holds FloatImm or float)."""
+    secs = [float(getattr(s, "value", s)) for s in result.run_secs]
+    return sum(secs) / len(secs)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@derived_object
+class TuningProgress(PyMeasureCallback):
+    """One progress line per measured batch."""
+
+    def __init__(self, weights, budget: TuneBudget, emulated: bool, log):
+        super().__init__()
+        self.weights = list(weights)
+        self.budget = budget
+        self.emulated = emulated
+        self.log = log
+        self.start = time.perf_counter()
+        self.trials = 0
+        self.build_errors = 0
+        self.run_errors = 0
+        self.best_ms: dict[int, float] = {}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        if not runner_results:
+            return  # an empty batch: the task's space is used up
+        failed = []
+        for built, ran in zip(builder_results, runner_results):
+            self.trials += 1
+            if built.error_msg:
+                self.build_errors += 1
+            elif ran.error_msg:
+                self.run_errors += 1
+                failed.append(str(ran.error_msg))
+            else:
+                ms_ = 1e3 * mean_run_seconds(ran)
+                self.best_ms[task_id] = min(self.best_ms.get(task_id, ms_), ms_)
+        if failed and len(failed) == len(runner_results):
+            lines = [line.strip() for line in failed[0].splitlines() if line.strip()]
+            reason = (lines[-1] if lines else failed[0])[:300]  # the exception, not the traceback
+            self.log(f"warning: all {len(failed)} trials of this batch failed to run ({reason}); "
+                     "if the board went away, its trials are recorded as failed: stop with Ctrl-C "
+                     "and rerun the same command later to continue")
+        self.log(self.status_line(task_scheduler))
+
+    def status_line(self, task_scheduler) -> str:
+        n_tasks = len(self.weights)
+        elapsed = self.elapsed()
+        eta = elapsed / max(self.trials, 1) * max(self.budget.trials - self.trials, 0)
+        if self.budget.time_budget_min is not None:
+            eta = min(eta, max(60 * self.budget.time_budget_min - elapsed, 0))
+        if self.emulated:
+            estimate = "emulated board: times are not latency"
+        else:
+            total = sum(self.weights[i] * ms_ for i, ms_ in self.best_ms.items())
+            estimate = f"est. {total:.2f} ms for the measured tasks"
+        errors = f", {self.build_errors} build / {self.run_errors} run errors" \
+            if self.build_errors or self.run_errors else ""
+        return (f"[tune] tasks measured {len(self.best_ms)}/{n_tasks} | trials {self.trials}/{self.budget.trials}{errors} | "
+                f"{estimate} | elapsed {_fmt_duration(elapsed)}, ETA {_fmt_duration(eta)}")

@@ -1,0 +1,50 @@
+"""The pipeline as one list of passes per target kind, with what each pass did in the module."""
+
+import pytest
+
+from parcnet_tvm.frontend import import_model
+from parcnet_tvm.pipeline import GRAPH_PASSES, PipelineOptions, fused_module, prepare, report, schedule_passes
+from parcnet_tvm.targets import get_target
+from parcnet_tvm.weights import prepare_model
+
+from support import SMALL
+
+
+@pytest.fixture(scope="module")
+def imported_xt():
+    return import_model(prepare_model("xt", SMALL), (1, 3, SMALL, SMALL))
+
+
+def _names(passes) -> list[str]:
+    return [p.info.name for p in passes]
+
+
+def test_each_target_kind_has_its_list_of_passes():
+    options = PipelineOptions()
+    cpu = _names(GRAPH_PASSES["llvm"](get_target("x86"), options))
+    cuda = _names(GRAPH_PASSES["cuda"](get_target("cuda"), options))
+    for names in (cpu, cuda):
+        assert names[:3] == ["RewriteOversizedConvs", "ToChannelsLast", "FuseLayerNormGeneral"]
+        assert names[-1] == "FuseTIR"
+    # conditional passes are written in the list: no op rewrite without our op, no database without logs
+    assert "RewriteOversizedConvs" not in _names(GRAPH_PASSES["llvm"](get_target("x86"), PipelineOptions(custom_op=False)))
+    assert _names(schedule_passes(get_target("x86"), options)) == ["ScheduleKernels"]
+    assert _names(schedule_passes(get_target("x86"), PipelineOptions(tuning_logs=("log",)))) == \
+        ["ApplyTuningLogs", "ScheduleKernels"]
+
+
+def test_passes_report_what_they_did(imported_xt):
+    prepared = prepare(imported_xt, get_target("x86"))
+    done = report(prepared)
+    assert done["oversized_pairs"] == 17 and sum(done["oversized_algos"].values()) == 17
+    assert done["layer_norms_fused"] == 38
+    assert done["kernels"] == sum(len(k) for k in done["kernel_schedules"].values()) > 20
+    assert done["kernels_from_database"] == 0
+    # the graph passes alone report the graph, nothing about schedules
+    fused = report(fused_module(imported_xt, get_target("x86")))
+    assert fused["oversized_pairs"] == 17 and "kernel_schedules" not in fused
+
+
+def test_tvm_default_runs_none_of_our_passes(imported_xt):
+    untouched = prepare(imported_xt, get_target("x86"), PipelineOptions(tvm_default=True))
+    assert untouched.same_as(imported_xt) and report(untouched) == {}

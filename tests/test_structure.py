@@ -1,0 +1,93 @@
+"""The shape of the code: layers that import one way only, no import side effects, small modules."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# From the bottom up; a module may import from its own layer or the layers below it, never
+# from a layer above (deferred imports inside functions included).
+LAYERS = [
+    ("descriptions", {"errors", "targets", "graph", "manifest", "fast_math", "tables"}),
+    ("model and weights", {"model", "checkpoint", "weights"}),
+    ("our ops", {"oversized"}),
+    ("graph passes", {"frontend", "rewrite", "layout", "norm"}),
+    ("schedules", {"schedules"}),
+    ("where a library runs", {"runtime", "board"}),
+    ("verification and timing", {"verify", "timing"}),
+    ("tuning", {"tuning", "tuning_log"}),
+    ("build", {"pipeline", "build"}),
+    ("jobs: bench, deploy, tune", {"bench", "bench_op", "breakdown", "arm_bundle", "tune"}),
+    ("command line", {"cli"}),
+]
+LAYER_OF = {name: level for level, (_, names) in enumerate(LAYERS) for name in names}
+
+
+def _unit(path: Path) -> str:
+    """The layer unit a source file belongs to: `schedules`, or parcnet_tvm's top-level module
+    or subpackage (`tuning`, `bench`)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return "schedules" if parts[0] == "schedules" else parts[1]
+
+
+def _imported_units(path: Path) -> set[str]:
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
+    if path.name == "__init__.py":
+        package = path.relative_to(ROOT).parts[:-1]
+    units = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                target = base + (node.module.split(".") if node.module else [])
+                names = [target + [alias.name] for alias in node.names] if not node.module else [target]
+            else:
+                names = [(node.module or "").split(".")]
+        elif isinstance(node, ast.Import):
+            names = [alias.name.split(".") for alias in node.names]
+        else:
+            continue
+        for parts in names:
+            if parts[0] == "schedules":
+                units.add("schedules")
+            elif parts[0] == "parcnet_tvm" and len(parts) > 1:
+                units.add(parts[1])
+    return units
+
+
+def _sources():
+    return [p for p in sorted((ROOT / "parcnet_tvm").rglob("*.py")) if p.name != "__init__.py" or p.parent.name != "parcnet_tvm"] \
+        + sorted((ROOT / "schedules").glob("*.py"))
+
+
+def test_every_module_has_a_layer():
+    assert {_unit(p) for p in _sources()} <= set(LAYER_OF), {_unit(p) for p in _sources()} - set(LAYER_OF)
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    upward = []
+    for path in _sources():
+        unit = _unit(path)
+        for imported in _imported_units(path) - {unit}:
+            if LAYER_OF.get(imported, -1) > LAYER_OF[unit]:
+                upward.append(f"{path.relative_to(ROOT)} ({LAYERS[LAYER_OF[unit]][0]}) imports {imported} "
+                              f"({LAYERS[LAYER_OF[imported]][0]})")
+    assert not upward, "\n".join(upward)
+
+
+def test_importing_the_package_registers_no_metaschedule_rule():
+    """Our MetaSchedule rules are registered by an explicit call (tuning does it), not on import."""
+    code = ("import tvm_ffi, schedules, parcnet_tvm.build, parcnet_tvm.tuning.tasks\n"
+            "print(tvm_ffi.get_global_func('s_tir.meta_schedule.cpu.oversized_conv', allow_missing=True))\n"
+            "schedules.register_metaschedule_rules()\n"
+            "print(tvm_ffi.get_global_func('s_tir.meta_schedule.cpu.oversized_conv', allow_missing=True) is not None)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "True"]
+
+
+def test_modules_stay_small():
+    long = {str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
