@@ -8,8 +8,8 @@ from .targets import host_cores
 # project's 2-vCPU machines (half the speed); use every core unless the user set it.
 os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
 
-from .checkpoint import load_checkpoint  # noqa: E402
-from .errors import ParcnetError  # noqa: E402
-from .model import VARIANTS, create_model, parse_input_size  # noqa: E402
+from .checkpoint import load_checkpoint
+from .errors import ParcnetError
+from .model import VARIANTS, create_model, parse_input_size
 
-__all__ = ["ParcnetError", "VARIANTS", "create_model", "load_checkpoint", "parse_input_size"]
+__all__ = ["VARIANTS", "ParcnetError", "create_model", "load_checkpoint", "parse_input_size"]

@@ -10,13 +10,13 @@ from tvm import relax
 
 from schedules import op_passes
 
+from .model import VARIANTS, parse_input_size, stage_map_sizes, variant_key
 from .pipeline import PipelineOptions, compile_relax
 from .rewrite import rewrite_oversized_convs
 from .tables import markdown_table
-from .tuning.tasks import tune_oversized_ops
-from .model import VARIANTS, parse_input_size, stage_map_sizes, variant_key
 from .targets import NamedTarget, host_cores
 from .timing import measure_ms
+from .tuning.tasks import tune_oversized_ops
 from .verify import load_vm
 
 IMPLS = ("pytorch", "tvm-generic", "ours-direct", "ours-toeplitz", "ours-auto")

@@ -69,7 +69,7 @@ def connect(tracker: str | None = None, key: str | None = None, direct: str | No
             return rpc.connect_tracker(host, port).request(key, session_timeout=session_timeout)
         except ParcnetError:
             raise
-        except Exception as exc:  # noqa: BLE001  (any failure: try again, then report it)
+        except Exception as exc:
             error = exc
             time.sleep(0.5 * (attempt + 1))
     where = direct or f"tracker {tracker} key {key}"
@@ -109,7 +109,7 @@ def wait_for_server(host: str, port: int, key: str, timeout: float = 180) -> Non
             summary = rpc.connect_tracker(host, port).summary()
             if any(key in str(queue) for queue in summary.get("queue_info", {})):
                 return
-        except Exception:  # noqa: BLE001  (tracker still starting)
+        except Exception:
             pass
         if time.time() > deadline:
             raise ParcnetError(f"no RPC server with key {key} registered with the tracker {host}:{port} "

@@ -13,11 +13,17 @@ from . import manifest as manifest_io
 from .errors import ParcnetError
 from .fast_math import uses_fast_erf
 from .frontend import import_model
-from .oversized import check_algo
-from .pipeline import PipelineOptions, compile_prepared, prepare, report, uses_cuda_graph
-from .tuning_log import database_summary
 from .model import parse_input_size, variant_key
+from .oversized import check_algo
+from .pipeline import (
+    PipelineOptions,
+    compile_prepared,
+    prepare,
+    report,
+    uses_cuda_graph,
+)
 from .targets import get_target
+from .tuning_log import database_summary
 from .verify import raise_on_failure, verify_against
 from .weights import WEIGHT_SEED, prepare_model
 

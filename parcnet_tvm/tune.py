@@ -25,19 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import board
+from .bench.compare import compare_with_pytorch, format_latency_table
 from .build import BuildRequest, build_library
 from .errors import ParcnetError
 from .frontend import import_model
 from .model import parse_input_size, variant_key
 from .pipeline import PipelineOptions, fused_module
-from .targets import NamedTarget, get_target, local_cuda_arch
 from .runtime import why_not_runnable
-from .bench.compare import compare_with_pytorch, format_latency_table
-from .tuning_log import default_work_dir, has_log
-from .weights import prepare_model
+from .targets import NamedTarget, get_target, local_cuda_arch
 from .tuning.budget import default_budget
 from .tuning.measurement import local_measurement, rpc_measurement
 from .tuning.tasks import extract_tasks, tune_fused_module
+from .tuning_log import default_work_dir, has_log
+from .weights import prepare_model
 
 
 @dataclass

@@ -130,7 +130,7 @@ def _set_aside_unloadable(work_dir: Path, log) -> int:
     rec_lines = _read_lines(rec_path)[0]
     try:
         workloads = [ms.database.Workload.from_json(json.loads(line)) for line in wl_lines]
-    except Exception:  # noqa: BLE001  (a broken workload table: nothing to salvage line by line)
+    except Exception:
         return 0
     kept, rejected = [], []
     for number, line in enumerate(rec_lines, 1):
@@ -138,7 +138,7 @@ def _set_aside_unloadable(work_dir: Path, log) -> int:
         try:
             ms.database.TuningRecord.from_json(obj[1], workloads[obj[0]])
             kept.append(line)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log(f"warning: {rec_path}:{number}: MetaSchedule cannot load this record (its trace does not "
                 "apply to its workload); skipped")
             rejected.append(line)

@@ -144,5 +144,14 @@ def _register(key: str, rule, target) -> None:
     tvm_ffi.register_global_func(f"s_tir.meta_schedule.{key}.{rule.name}", custom_rule, override=True)
 
 
-__all__ = ["FROM_DATABASE", "schedule_kernels", "apply_hand_schedules", "hand_rule_for", "hand_rule_space",
-           "register_metaschedule_rules", "rules_for", "op_passes", "rule_name"]
+__all__ = [
+    "FROM_DATABASE",
+    "apply_hand_schedules",
+    "hand_rule_for",
+    "hand_rule_space",
+    "op_passes",
+    "register_metaschedule_rules",
+    "rule_name",
+    "rules_for",
+    "schedule_kernels",
+]

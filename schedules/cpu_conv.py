@@ -15,8 +15,13 @@ from tvm.target import Target
 
 from .common import knob, mark_root_untouchable
 from .cpu_target import CpuHandRule, cpu_target
+from .cpu_tiling import (
+    parallel_elementwise,
+    register_tile,
+    register_tile_choices,
+    vector_lanes,
+)
 from .patterns import find_conv_nhwc
-from .cpu_tiling import parallel_elementwise, register_tile, register_tile_choices, vector_lanes
 
 CONV_BLOCKS = ("conv2d_nhwc",)
 SCHEDULE_RULE = "cpu_conv"

@@ -1,7 +1,6 @@
 """Fixtures shared across test modules (helpers are in support.py)."""
 
 import pytest
-
 from support import SMALL
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from parcnet_tvm.board import free_port  # noqa: F401  (the tests' free port, as the library finds it)
+from parcnet_tvm.board import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = 64  # smallest input that keeps every stage (64 / 32 = 2x2 last map)

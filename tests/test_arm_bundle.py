@@ -6,14 +6,13 @@ import time
 
 import numpy as np
 import pytest
+from support import SMALL, free_port, needs_arm_toolchain, run_script
 
 from parcnet_tvm import ParcnetError
 from parcnet_tvm import runtime as arm_runtime
 from parcnet_tvm.board import start_tracker, stop
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.verify import reference_input
-
-from support import SMALL, free_port, needs_arm_toolchain, run_script
 
 pytestmark = needs_arm_toolchain
 
@@ -125,8 +124,8 @@ def test_rpc_server_under_qemu_through_tracker(xt_arm, runtime):
         vm.set_input("main", tvm.runtime.tensor(x, device))
         vm.invoke_stateful("main")
         out = vm.get_outputs("main").numpy()
-        from parcnet_tvm.weights import model_from_manifest
         from parcnet_tvm.verify import pytorch_output
+        from parcnet_tvm.weights import model_from_manifest
 
         assert np.abs(out - pytorch_output(model_from_manifest(manifest), x)).max() <= 1e-4
         timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=1)

@@ -2,9 +2,9 @@
 
 import json
 
-from parcnet_tvm.targets import local_cuda_arch
-
 from support import SMALL, needs_arm_toolchain, run_script
+
+from parcnet_tvm.targets import local_cuda_arch
 
 KEYS = {"model", "target", "batch", "input_size", "backend", "median_ms", "p90_ms", "peak_mem_mb",
         "speedup_vs_pytorch"}

@@ -1,10 +1,9 @@
 """scripts/breakdown.py: per-kernel times of a built library next to PyTorch's profiler."""
 
 import pytest
+from support import run_script
 
 from parcnet_tvm.breakdown import kernel_group, profile_library
-
-from support import run_script
 
 
 def test_kernel_groups_drop_numbering_only():

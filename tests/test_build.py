@@ -7,18 +7,17 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from support import SMALL, cuda_kernel_limits, needs_arm_toolchain, run_script
 
 from parcnet_tvm import ParcnetError, create_model
 from parcnet_tvm.build import BuildRequest, build_library
-from parcnet_tvm.pipeline import compile_prepared, prepare
-from parcnet_tvm.weights import prepare_model
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.manifest import sha256
+from parcnet_tvm.pipeline import compile_prepared, prepare
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import verify_library
+from parcnet_tvm.weights import prepare_model
 from schedules.cuda import SHARED_BYTES
-
-from support import SMALL, cuda_kernel_limits, needs_arm_toolchain, run_script
 
 
 def test_x86_build_writes_verified_library_and_manifest(xt_small_x86):

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import tvm
+from support import SMALL
 from tvm import tirx
 
 from parcnet_tvm.targets import get_target
@@ -14,8 +15,6 @@ from parcnet_tvm.tuning.tasks import extract_tasks, task_contexts
 from schedules import hand_rule_for, schedule_kernels
 from schedules.cpu_target import cpu_target
 from schedules.cpu_tiling import register_tile_choices, tile_registers
-
-from support import SMALL
 
 # Every kernel family of ParCNetV2 and the rule that must schedule it.
 FAMILY_RULES = {
@@ -36,9 +35,9 @@ def named(isa):
 @pytest.fixture(scope="module")
 def fused_xt():
     """XT at 64x64 after our graph passes, legalization and fusion (the same graph on every CPU)."""
+    from parcnet_tvm.frontend import import_model
     from parcnet_tvm.pipeline import fused_module
     from parcnet_tvm.weights import prepare_model
-    from parcnet_tvm.frontend import import_model
 
     model = prepare_model("xt", SMALL)
     return fused_module(import_model(model, (1, 3, SMALL, SMALL), "torch"), get_target("x86"))

@@ -4,24 +4,23 @@ with the reason when no GPU is visible (CI has none)."""
 import numpy as np
 import pytest
 import tvm
+from gpu_emulation import call_on_cpu, emulated_library, run_on_cpu
+from support import SMALL
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 
-from schedules import schedule_kernels
-from schedules.cuda_depthwise import DepthwiseConvCuda
-
-from parcnet_tvm.pipeline import PipelineOptions, fused_module, prepare, report
-from parcnet_tvm.weights import prepare_model
 from parcnet_tvm.frontend import import_model
+from parcnet_tvm.pipeline import PipelineOptions, fused_module, prepare, report
 from parcnet_tvm.targets import get_target, local_cuda_arch
 from parcnet_tvm.tuning.budget import TuneBudget
-from parcnet_tvm.tuning.measurement import _FinishedFuture, Measurement, PooledBuilder
+from parcnet_tvm.tuning.measurement import Measurement, PooledBuilder, _FinishedFuture
 from parcnet_tvm.tuning.tasks import tune_fused_module
 from parcnet_tvm.tuning_log import open_database
 from parcnet_tvm.verify import load_vm, pytorch_output, reference_input, run_vm
+from parcnet_tvm.weights import prepare_model
+from schedules import schedule_kernels
+from schedules.cuda_depthwise import DepthwiseConvCuda
 
-from support import SMALL
-from gpu_emulation import call_on_cpu, emulated_library, run_on_cpu
 
 def needs_gpu(test):
     """A GPU test: skipped with the reason where no GPU is visible; `pytest -m gpu` runs only these."""
@@ -198,8 +197,9 @@ KNOB_CASES = [("direct", "hw"), ("toeplitz", "hw"), ("direct", "h"), ("direct", 
 def _op_with_knob(algo, passes, value, monkeypatch):
     """Our op (24 channels of 8x12) scheduled for CUDA with its knob (Toeplitz: rows per
     block; direct: channels per block) forced to `value`; with its inputs and expected output."""
-    import schedules.cuda as cuda_schedules
     from test_oversized import _te_func
+
+    import schedules.cuda as cuda_schedules
 
     func, x, constants, expected = _te_func(24, 8, 12, algo, passes)
     monkeypatch.setattr(cuda_schedules, "knob", lambda sch, candidates, default, tunable: value)

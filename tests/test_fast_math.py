@@ -6,8 +6,8 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 
-from parcnet_tvm.pipeline import legalize_and_fuse
 from parcnet_tvm.fast_math import legalize_map
+from parcnet_tvm.pipeline import legalize_and_fuse
 from parcnet_tvm.targets import get_target
 
 

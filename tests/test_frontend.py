@@ -2,14 +2,13 @@
 
 import numpy as np
 import tvm
+from support import SMALL
 
-from parcnet_tvm.pipeline import compile_relax
-from parcnet_tvm.weights import prepare_model
 from parcnet_tvm.frontend import clip_to_max_min, export_onnx, import_model
+from parcnet_tvm.pipeline import compile_relax
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import load_vm, pytorch_output, reference_input, run_vm
-
-from support import SMALL
+from parcnet_tvm.weights import prepare_model
 
 
 def test_onnx_export_has_clip_without_max_and_we_rewrite_it():

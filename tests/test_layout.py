@@ -5,17 +5,16 @@ tests/test_rewrite.py::test_whole_model_unchanged_by_rewrite, which builds this 
 import re
 
 import pytest
+from support import SMALL
 from tvm import relax
 
-from parcnet_tvm.weights import prepare_model
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.graph import calls
 from parcnet_tvm.layout import count_transposes, fold_transposes, to_channels_last
 from parcnet_tvm.model import VARIANTS
 from parcnet_tvm.rewrite import PRIMFUNC_PREFIX, rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
-
-from support import SMALL
+from parcnet_tvm.weights import prepare_model
 
 BLOCKS = {name: VARIANTS[name].depths for name in ("xt", "t")}
 
@@ -89,7 +88,8 @@ def test_import_squares_by_multiplying():
 
 
 def test_each_layer_norm_general_becomes_one_op():
-    from parcnet_tvm.norm import PRIMFUNC_PREFIX as NORM_PREFIX, fuse_layer_norms
+    from parcnet_tvm.norm import PRIMFUNC_PREFIX as NORM_PREFIX
+    from parcnet_tvm.norm import fuse_layer_norms
 
     _, mod = _channels_last("xt")
     fused, count = fuse_layer_norms(mod)

@@ -7,20 +7,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 import tvm
+from support import cuda_kernel_limits
 from tvm import te
 
 from parcnet_tvm import ParcnetError
 from parcnet_tvm.bench_op import conv_pair_module, stage_shapes
+from parcnet_tvm.oversized import (
+    TOEPLITZ_MAX_BYTES,
+    choose_algo,
+    oversized_conv,
+    reference,
+    weight_constants,
+)
 from parcnet_tvm.pipeline import PipelineOptions, compile_relax
-from parcnet_tvm.oversized import TOEPLITZ_MAX_BYTES, choose_algo, oversized_conv, reference, weight_constants
 from parcnet_tvm.rewrite import count_oversized_convs, rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import load_vm
 from schedules.arm import OversizedConvArm
 from schedules.cuda import SHARED_BYTES, OversizedConvCuda, cuda_passes
 from schedules.x86 import OversizedConvX86
-
-from support import cuda_kernel_limits
 
 X86 = get_target("x86")
 

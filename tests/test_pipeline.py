@@ -1,13 +1,19 @@
 """The pipeline as one list of passes per target kind, with what each pass did in the module."""
 
 import pytest
+from support import SMALL
 
 from parcnet_tvm.frontend import import_model
-from parcnet_tvm.pipeline import GRAPH_PASSES, PipelineOptions, fused_module, prepare, report, schedule_passes
+from parcnet_tvm.pipeline import (
+    GRAPH_PASSES,
+    PipelineOptions,
+    fused_module,
+    prepare,
+    report,
+    schedule_passes,
+)
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.weights import prepare_model
-
-from support import SMALL
 
 
 @pytest.fixture(scope="module")

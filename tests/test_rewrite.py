@@ -3,16 +3,15 @@
 import numpy as np
 import pytest
 import tvm
+from support import SMALL
 
 from parcnet_tvm.build import BuildRequest, build_library
-from parcnet_tvm.pipeline import PipelineOptions, compile_relax
-from parcnet_tvm.weights import prepare_model
 from parcnet_tvm.frontend import import_model
+from parcnet_tvm.pipeline import PipelineOptions, compile_relax
 from parcnet_tvm.rewrite import count_oversized_convs, rewrite_oversized_convs
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import load_vm, pytorch_output, reference_input, run_vm
-
-from support import SMALL
+from parcnet_tvm.weights import prepare_model
 
 BLOCKS = {"xt": 17, "t": 21, "s": 39, "b": 39}
 

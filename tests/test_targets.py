@@ -2,8 +2,7 @@
 
 import pytest
 
-from parcnet_tvm import ParcnetError
-from parcnet_tvm import targets
+from parcnet_tvm import ParcnetError, targets
 from parcnet_tvm.targets import get_target
 
 AVX512 = "fpu sse sse2 avx avx2 fma bmi2 f16c avx512f avx512bw avx512vl avx512dq avx512cd"

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from support import ROOT, SMALL, needs_arm_toolchain, run_script
 
 from parcnet_tvm import manifest as manifest_io
 from parcnet_tvm.board import free_port, start_tracker, stop, wait_for_server
@@ -16,9 +17,12 @@ from parcnet_tvm.targets import local_cuda_arch
 from parcnet_tvm.tuning.budget import TuneBudget
 from parcnet_tvm.tuning.measurement import local_measurement, rpc_measurement
 from parcnet_tvm.tuning.tasks import extract_tasks, tune_fused_module
-from parcnet_tvm.tuning_log import RECORD_FILE, WORKLOAD_FILE, open_database, record_counts
-
-from support import ROOT, SMALL, needs_arm_toolchain, run_script
+from parcnet_tvm.tuning_log import (
+    RECORD_FILE,
+    WORKLOAD_FILE,
+    open_database,
+    record_counts,
+)
 
 ONLY = ("oversized_conv",)  # XT at 64 has 4 such tasks (one per stage): cheap to tune
 
@@ -31,10 +35,10 @@ def record_lines(work_dir):
 @pytest.fixture(scope="module")
 def fused_xt():
     """XT at 64x64 rewritten, legalized and fused for x86: (module, named target)."""
-    from parcnet_tvm.pipeline import fused_module
-    from parcnet_tvm.weights import prepare_model
     from parcnet_tvm.frontend import import_model
+    from parcnet_tvm.pipeline import fused_module
     from parcnet_tvm.targets import get_target
+    from parcnet_tvm.weights import prepare_model
 
     named = get_target("x86")
     model = prepare_model("xt", SMALL)
@@ -195,10 +199,10 @@ def test_s_warm_started_from_t_needs_no_trials_and_its_library_verifies(tmp_path
     """T's records name T's blocks: copied to S's log they must keep T's workload, or
     MetaSchedule cannot load them (found on the way: S after T at 224)."""
     from parcnet_tvm.build import BuildRequest, build_library
-    from parcnet_tvm.pipeline import fused_module
-    from parcnet_tvm.weights import prepare_model
     from parcnet_tvm.frontend import import_model
+    from parcnet_tvm.pipeline import fused_module
     from parcnet_tvm.targets import get_target
+    from parcnet_tvm.weights import prepare_model
 
     named = get_target("x86")
     only = ("layer_norm_general",)  # the norms' reductions: legalized blocks named after graph vars
@@ -221,10 +225,10 @@ def test_s_shares_every_task_shape_with_t():
     """Why warm-starting S from T's log needs (almost) no new trials."""
     from tvm.s_tir import meta_schedule as ms
 
-    from parcnet_tvm.pipeline import fused_module
-    from parcnet_tvm.weights import prepare_model
     from parcnet_tvm.frontend import import_model
+    from parcnet_tvm.pipeline import fused_module
     from parcnet_tvm.targets import get_target
+    from parcnet_tvm.weights import prepare_model
 
     named = get_target("x86")
     def tasks(name):

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import tvm
+from support import run_script
 
 from parcnet_tvm.bench_op import conv_pair_module
 from parcnet_tvm.pipeline import PipelineOptions, compile_relax
@@ -12,8 +13,6 @@ from parcnet_tvm.targets import get_target
 from parcnet_tvm.tuning.tasks import tune_oversized_ops
 from parcnet_tvm.tuning_log import RECORD_FILE
 from parcnet_tvm.verify import load_vm
-
-from support import run_script
 
 
 def test_tuning_our_op_samples_tile_knobs_and_applies(tmp_path):

@@ -34,11 +34,18 @@ from ..errors import ParcnetError
 from ..model import parse_input_size, variant_key
 from ..targets import get_target, local_cuda_arch
 from ..tuning_log import has_log
-from .backends import BACKENDS, DEFAULT_BACKENDS, TVM_BACKENDS, BenchCase, missing_backend
-from .on_board import Board, _bench_on_board, _board_reference
+from .backends import (
+    BACKENDS,
+    DEFAULT_BACKENDS,
+    TVM_BACKENDS,
+    BenchCase,
+    missing_backend,
+)
 from .cache import BENCH_DIR, default_tuning_logs, prepare_library, prepare_onnx
+from .on_board import Board, _bench_on_board, _board_reference
 from .report import _describe, format_table, gpu_name, json_rows, machine_header, plot
 from .worker import _run_worker
+
 
 def _new_row(case: BenchCase, backend: str) -> dict:
     row = {"model": f"parcnetv2_{case.model}", "target": case.target, "batch": case.batch,
@@ -193,5 +200,20 @@ def run_bench(args: BenchRequest, log=print) -> list[dict]:
     return rows
 
 
-__all__ = ["BenchRequest", "run_bench", "BACKENDS", "DEFAULT_BACKENDS", "TVM_BACKENDS", "BENCH_DIR", "Board", "BenchCase", "bench_case",
-           "format_table", "gpu_name", "json_rows", "machine_header", "missing_backend", "plot"]
+__all__ = [
+    "BACKENDS",
+    "BENCH_DIR",
+    "DEFAULT_BACKENDS",
+    "TVM_BACKENDS",
+    "BenchCase",
+    "BenchRequest",
+    "Board",
+    "bench_case",
+    "format_table",
+    "gpu_name",
+    "json_rows",
+    "machine_header",
+    "missing_backend",
+    "plot",
+    "run_bench",
+]

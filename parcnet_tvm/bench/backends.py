@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-
 BACKENDS = ("pytorch-eager", "torch-compile", "onnxruntime", "tvm-untuned", "tvm-ours", "tvm-tuned")
 TVM_BACKENDS = ("tvm-untuned", "tvm-ours", "tvm-tuned")
 DEFAULT_BACKENDS = {
@@ -29,7 +27,7 @@ def missing_backend(backend: str, target: str = "x86") -> str | None:
         if target != "x86":
             return "ONNX Runtime is compared on x86 (its CPU provider) only"
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime
         except ImportError:
             return "onnxruntime is not installed (pip install -e '.[bench]')"
     if backend == "torch-compile":
@@ -39,7 +37,7 @@ def missing_backend(backend: str, target: str = "x86") -> str | None:
             return "torch.compile does not run through RPC; time it on the board yourself"
         if target == "cuda":
             try:
-                import triton  # noqa: F401
+                import triton
             except ImportError:
                 return "torch.compile on CUDA needs triton (pip install triton)"
         elif shutil.which("g++") is None and shutil.which("gcc") is None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .backends import BenchCase
 
-
 BENCH_DIR = Path("build") / "bench"
 
 
@@ -15,8 +14,8 @@ def prepare_library(case: BenchCase, backend: str, tuning_logs, log) -> Path:
     """The TVM library of `backend` for the case, built and verified once and then cached."""
     from .. import manifest as manifest_io
     from ..build import BuildRequest, build_library
-    from ..targets import get_target
     from ..runtime import why_not_runnable
+    from ..targets import get_target
     from ..tuning_log import database_summary
     from ..verify import verify_library
 
@@ -43,9 +42,9 @@ def prepare_library(case: BenchCase, backend: str, tuning_logs, log) -> Path:
 
 
 def prepare_onnx(case: BenchCase) -> Path:
-    from ..weights import prepare_model
     from ..frontend import export_onnx
     from ..manifest import artifact_name
+    from ..weights import prepare_model
 
     height, width = case.input_size
     out = BENCH_DIR / f"{artifact_name(case.model, 'onnx', case.input_size, case.batch)}.onnx"

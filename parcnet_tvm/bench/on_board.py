@@ -42,8 +42,8 @@ def time_on_board(board: Board, library: Path, x, repeat: int) -> tuple:
 
 
 def _board_reference(case: BenchCase):
-    from ..weights import prepare_model
     from ..verify import pytorch_output, reference_input
+    from ..weights import prepare_model
 
     x = reference_input((case.batch, 3, *case.input_size))
     return x, pytorch_output(prepare_model(case.model, case.input_size), x)

@@ -29,9 +29,9 @@ def worker(spec: dict) -> dict:
     """Time one backend in this (fresh) process; returns the timing and memory figures."""
     import torch
 
-    from ..weights import prepare_model
     from ..timing import measure_ms
     from ..verify import reference_input
+    from ..weights import prepare_model
 
     torch.set_num_threads(spec["threads"])
     shape = (spec["batch"], 3, *spec["input_size"])
@@ -39,7 +39,7 @@ def worker(spec: dict) -> dict:
     backend = spec["backend"]
     cuda = spec["target"] == "cuda"
     try:
-        import onnxruntime  # noqa: F401  (imported before the baseline, like torch and TVM)
+        import onnxruntime
     except ImportError:
         pass
     import tvm

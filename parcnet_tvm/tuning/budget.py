@@ -11,10 +11,7 @@ from pathlib import Path
 
 from tvm.s_tir.analysis import estimate_tir_flops
 
-
-
 from ..errors import ParcnetError
-
 
 
 @dataclass

@@ -9,15 +9,18 @@ from pathlib import Path
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
-from tvm.s_tir.meta_schedule.runner import (EvaluatorConfig, LocalRunner, PyRunner, PyRunnerFuture,
-                                            RPCConfig, RPCRunner)
-
-
+from tvm.s_tir.meta_schedule.runner import (
+    EvaluatorConfig,
+    LocalRunner,
+    PyRunner,
+    PyRunnerFuture,
+    RPCConfig,
+    RPCRunner,
+)
 
 from .. import board
 from ..errors import ParcnetError
 from ..targets import ARM_CXX, NamedTarget, host_cores
-
 
 
 @derived_object

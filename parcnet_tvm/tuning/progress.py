@@ -6,11 +6,8 @@ import time
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
 from .budget import TuneBudget
-
-
-
-
 
 
 def mean_run_seconds(result) -> float:

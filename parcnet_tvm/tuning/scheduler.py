@@ -6,11 +6,8 @@ import time
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
+
 from .progress import mean_run_seconds
-
-
-
-
 
 
 @derived_object

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import tvm
 from tvm.s_tir import meta_schedule as ms
-
 from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
 from tvm.s_tir.meta_schedule.utils import fork_seed
 
@@ -23,7 +22,6 @@ from .budget import TuneBudget, task_flops, task_trial_caps, write_budget_record
 from .measurement import Measurement, local_measurement
 from .progress import TuningProgress
 from .scheduler import GradientScheduler
-
 
 
 def extract_tasks(fused: tvm.IRModule, named: NamedTarget, only=None) -> list:
