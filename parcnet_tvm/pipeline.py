@@ -14,6 +14,7 @@ untuned baseline.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from tvm import relax
 
 from schedules import FROM_DATABASE, op_passes, schedule_kernels
 
+from .errors import ParcnetError
 from .fast_math import legalize_map
 from .layout import count_transposes, to_channels_last
 from .norm import fuse_layer_norms
@@ -53,6 +55,33 @@ def _reported(mod: tvm.IRModule, **entries) -> tvm.IRModule:
     return mod.with_attr(REPORT, json.dumps({**report(mod), **entries}))
 
 
+# A ParcnetError raised inside a pass reaches the caller as TVM's RuntimeError with only its
+# text (the FFI does not keep Python exception types): our passes note it here, and
+# `run_passes` raises it again as itself, so the CLI still prints one line and exits 2.
+_RAISED: list[ParcnetError] = []
+
+
+def _noting_errors(transform_module):
+    @functools.wraps(transform_module)
+    def wrapper(*args):
+        try:
+            return transform_module(*args)
+        except ParcnetError as error:
+            _RAISED.append(error)
+            raise
+    return wrapper
+
+
+def run_passes(passes: list, mod: tvm.IRModule) -> tvm.IRModule:
+    _RAISED.clear()
+    try:
+        return tvm.transform.Sequential(passes)(mod)
+    except RuntimeError:
+        if _RAISED:
+            raise _RAISED.pop() from None
+        raise
+
+
 # ---------------------------------------------------------------- our passes
 
 @tvm.transform.module_pass(opt_level=0, name="RewriteOversizedConvs")
@@ -62,6 +91,7 @@ class RewriteOversizedConvs:
     def __init__(self, algo: str, target_kind: str):
         self.algo, self.target_kind = algo, target_kind
 
+    @_noting_errors
     def transform_module(self, mod, _ctx):
         mod, replaced, algos = rewrite_oversized_convs(mod, self.algo, target_kind=self.target_kind,
                                                        passes_for=op_passes(self.target_kind))
@@ -90,6 +120,7 @@ class ApplyTuningLogs:
     def __init__(self, named: NamedTarget, logs, log=print):
         self.named, self.logs, self.log = named, list(logs), log
 
+    @_noting_errors
     def transform_module(self, mod, _ctx):
         return apply_database(mod, self.named, self.logs, log=self.log)
 
@@ -101,6 +132,7 @@ class ScheduleKernels:
     def __init__(self, target: tvm.target.Target):
         self.target = target
 
+    @_noting_errors
     def transform_module(self, mod, _ctx):
         mod, kernel_schedules = schedule_kernels(mod, self.target)
         return _reported(mod, kernel_schedules=kernel_schedules,
@@ -154,7 +186,7 @@ def schedule_passes(named: NamedTarget, options: PipelineOptions, log=print) -> 
 def fused_module(mod: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None) -> tvm.IRModule:
     """The graph passes: the module MetaSchedule extracts its tasks from."""
     options = options or PipelineOptions()
-    return tvm.transform.Sequential(GRAPH_PASSES[named.target.kind.name](named, options))(mod)
+    return run_passes(GRAPH_PASSES[named.target.kind.name](named, options), mod)
 
 
 def prepare(mod: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None, log=print) -> tvm.IRModule:
@@ -163,7 +195,7 @@ def prepare(mod: tvm.IRModule, named: NamedTarget, options: PipelineOptions | No
     if options.tvm_default:
         return mod
     passes = GRAPH_PASSES[named.target.kind.name](named, options) + schedule_passes(named, options, log)
-    return tvm.transform.Sequential(passes)(mod)
+    return run_passes(passes, mod)
 
 
 def uses_cuda_graph(named: NamedTarget, options: PipelineOptions) -> bool:

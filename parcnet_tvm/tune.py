@@ -108,8 +108,8 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     suffix = "-emulated" if request.emulate else ""
     work_dir = Path(request.work_dir) if request.work_dir else \
         default_work_dir(model_key, named.name + suffix, input_size, request.batch)
-    board = request.rpc or request.rpc_tracker or request.emulate
-    will_tune = named.name == "x86" or (named.name == "arm" and board) or named.name == "cuda"
+    has_board = bool(request.rpc or request.rpc_tracker or request.emulate)
+    will_tune = named.name == "x86" or (named.name == "arm" and has_board) or named.name == "cuda"
     if named.name == "cuda" and not local_cuda_arch():
         raise ParcnetError("no CUDA GPU is visible here, so nothing can be tuned for CUDA. To build from an "
                            "existing log: python scripts/build.py --target cuda --tuning-log DIR")
@@ -143,7 +143,7 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     manifest = build_library(build, log=log)
     library = build.output_path()
     result = {"summary": summary, "manifest": manifest, "library": str(library), "rows": []}
-    if named.name == "arm" and not board:
+    if named.name == "arm" and not has_board:
         log(BOARD_HOWTO.format(model=model_key, logs=f" and the log(s) {', '.join(map(str, logs))}" if logs else ""))
     if request.compare and not named.emulated and why_not_runnable(named) is None:
         result["rows"] = compare_untuned_tuned_pytorch(build, manifest, request.compare, log)

@@ -40,9 +40,9 @@ for step in $steps; do
         # -p no:logging: pytest's capture handlers have no names, and MetaSchedule's logger setup
         # (a second tuning run in one process) fails on a handler without a name.
         trace) run_step trace python3 scripts/trace_kernels.py --target cuda --model xt --size 64 --batch 2 ;;
-        tests) run_step tests python3 -m pytest -q -rs -p no:logging -m gpu tests/test_cuda.py \
+        tests) run_step tests python3 -m pytest -q -rs -p no:logging -m gpu tests/test_schedules_cuda.py \
                    -k "not every_kernel_of_the_default_cuda_build" ;;
-        kernels) run_step kernels python3 -m pytest -q -rs -p no:logging tests/test_cuda.py \
+        kernels) run_step kernels python3 -m pytest -q -rs -p no:logging tests/test_schedules_cuda.py \
                      -k "every_kernel_of_the_default_cuda_build" ;;
         op) run_step bench_op python3 scripts/bench_op.py --target cuda --model xt t --batch 32 --json "$out/bench_op_cuda.json" ;;
         tune) run_step tune_t_b32 python3 scripts/tune.py --target cuda --model t --batch 32 \

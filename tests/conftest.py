@@ -1,7 +1,9 @@
 """Fixtures shared across test modules (helpers are in support.py)."""
 
+import subprocess
+
 import pytest
-from support import SMALL
+from support import ONLY, SMALL, run_script
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +15,49 @@ def xt_small_x86(tmp_path_factory):
     manifest = build_library(BuildRequest(model="xt", target="x86", input_size=SMALL, output=str(out)),
                              log=lambda *_: None)
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def runtime():
+    """The cross-built ARM runtime (scripts/setup.sh builds it; cached afterwards)."""
+    from parcnet_tvm import runtime as arm_runtime
+
+    out = arm_runtime.build_runtime(log=lambda *_: None)
+    for name in arm_runtime.LIBRARIES + arm_runtime.PROGRAMS:
+        assert "ARM, EABI5" in subprocess.run(["file", str(out / name)], capture_output=True, text=True).stdout
+    return out
+
+
+@pytest.fixture(scope="session")
+def xt_arm(runtime, tmp_path_factory):
+    """XT at 64 built for ARM; build.py verifies it under qemu right away."""
+    from parcnet_tvm.build import BuildRequest, build_library
+
+    out = tmp_path_factory.mktemp("arm") / "xt_arm.so"
+    manifest = build_library(BuildRequest(model="xt", target="arm", input_size=SMALL, output=str(out)),
+                             log=lambda *_: None)
+    return out, manifest
+
+
+@pytest.fixture(scope="session")
+def fused_xt():
+    """XT at 64x64 after our graph passes, legalization and fusion for x86 (the same graph on
+    every CPU): the module MetaSchedule extracts tasks from."""
+    from parcnet_tvm.frontend import import_model
+    from parcnet_tvm.pipeline import fused_module
+    from parcnet_tvm.targets import get_target
+    from parcnet_tvm.weights import prepare_model
+
+    model = prepare_model("xt", SMALL)
+    return fused_module(import_model(model, (1, 3, SMALL, SMALL), "torch"), get_target("x86"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """scripts/tune.py end to end: a few trials of our op's tasks, then build + verify."""
+    out = tmp_path_factory.mktemp("tiny")
+    done = run_script("tune.py", "--target", "x86", "--model", "xt", "--input-size", SMALL,
+                      "--only", *ONLY, "--trials", 8, "--trials-per-iter", 2, "--compare", 2,
+                      "--work-dir", out / "log", "-o", out / "xt.so")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, done

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from support import random_state
 
 from parcnet_tvm import ParcnetError, create_model, load_checkpoint, parse_input_size
 
@@ -80,54 +81,10 @@ def test_input_size_parsing_and_divisibility():
         parse_input_size("big")
 
 
-def _random_state(model, seed=7):
-    gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in model.state_dict().items()}
-
-
-@pytest.mark.parametrize("nesting", [None, "model", "state_dict"])
-def test_checkpoint_round_trip(tmp_path, nesting):
-    model = create_model("xt", 64)
-    state = _random_state(model)
-    path = tmp_path / "ckpt.pth"
-    torch.save(state if nesting is None else {nesting: state, "epoch": 3}, path)
-    loaded = load_checkpoint(create_model("xt", 64), path)
-    for key, value in loaded.state_dict().items():
-        assert torch.equal(value, state[key]), key
-    x = torch.randn(1, 3, 64, 64)
-    model.load_state_dict(state)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-
-
-def test_checkpoint_mismatch_lists_every_problem(tmp_path):
-    state = create_model("xt", 64).state_dict()
-    del state["head.bias"]
-    state["extra.weight"] = torch.zeros(1)
-    state["norm.weight"] = torch.zeros(7)
-    path = tmp_path / "bad.pth"
-    torch.save({"model": state}, path)
-    with pytest.raises(ParcnetError) as err:
-        load_checkpoint(create_model("xt", 64), path)
-    message = str(err.value)
-    assert "missing keys (1): head.bias" in message
-    assert "unexpected keys (1): extra.weight" in message
-    assert "norm.weight checkpoint (7,) vs model (320,)" in message
-    with pytest.raises(ParcnetError, match="does not exist"):
-        load_checkpoint(create_model("xt", 64), tmp_path / "nope.pth")
-
-
-def test_checkpoint_of_another_variant_is_rejected(tmp_path):
-    path = tmp_path / "t.pth"
-    torch.save(create_model("t", 64).state_dict(), path)
-    with pytest.raises(ParcnetError, match="shape mismatches"):
-        load_checkpoint(create_model("xt", 64), path)
-
-
 def test_224_keeps_kernels_as_they_are():
     torch.manual_seed(0)
     model = create_model("xt", 224)
-    state = _random_state(model)
+    state = random_state(model)
     model.load_state_dict(state)
     conv = model.stages[0][0].token_mixer.dwconv1
     assert torch.equal(conv.conv_h.weight, state["stages.0.0.token_mixer.dwconv1.conv_h.weight"])
@@ -139,7 +96,7 @@ def test_other_sizes_resize_224_kernels(size, tmp_path):
     """A 224 checkpoint in a model for another size: each kernel is the bilinear (align_corners)
     resize to 2H-1 / 2W-1 taps, and the oversized conv equals a plain F.conv2d reference."""
     reference = create_model("xt", 224)
-    state = _random_state(reference)
+    state = random_state(reference)
     path = tmp_path / "ckpt224.pth"
     torch.save(state, path)
     model = load_checkpoint(create_model("xt", size), path)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tvm
-from support import SMALL
+from support import SMALL, slow
 
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.frontend import import_model
@@ -33,8 +33,8 @@ def _canonical(mod):
     return tvm.relax.transform.DeadCodeElimination(["main"])(mod)
 
 
-@pytest.mark.parametrize("name, frontend", [("xt", "torch"), ("t", "torch"), ("s", "torch"), ("b", "torch"),
-                                            ("xt", "onnx"), ("t", "onnx")])
+@pytest.mark.parametrize("name, frontend", [("xt", "torch"), ("t", "torch"), pytest.param("s", "torch", marks=slow),
+                                            pytest.param("b", "torch", marks=slow), ("xt", "onnx"), ("t", "onnx")])
 def test_one_pair_per_block_and_nothing_else(name, frontend):
     mod = import_model(prepare_model(name, SMALL), (1, 3, SMALL, SMALL), frontend)
     new, replaced, algos = rewrite_oversized_convs(mod)
@@ -58,7 +58,7 @@ def test_rewrite_skips_convs_that_are_not_oversized():
     assert replaced == 0
 
 
-@pytest.mark.parametrize("name", ["xt", "t"])
+@pytest.mark.parametrize("name", ["xt", pytest.param("t", marks=slow)])
 def test_whole_model_unchanged_by_rewrite(name):
     shape = (1, 3, SMALL, SMALL)
     model = prepare_model(name, SMALL)

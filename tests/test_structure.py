@@ -91,3 +91,35 @@ def test_importing_the_package_registers_no_metaschedule_rule():
 def test_modules_stay_small():
     long = {str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+# Small modules whose behaviour the tests of the modules that use them assert.
+TESTED_THROUGH_USERS = {
+    "errors": "every bad-input test",
+    "graph": "rewrite, layout, norm",
+    "manifest": "build, verify, bench",
+    "tables": "bench, tune",
+    "timing": "bench, tune",
+    "weights": "build, verify",
+    "tuning": "tune (budget, measurement, scheduler, tasks)",
+    "cli": "every script test",
+}
+
+
+def test_tests_mirror_the_modules():
+    """tests/test_<name>.py is about parcnet_tvm/<name> (module or subpackage), or for
+    test_schedules_<family>.py about schedules/<family>_*.py; every other module has its own."""
+    package = ROOT / "parcnet_tvm"
+    units = {p.stem for p in package.glob("*.py") if p.stem != "__init__"} | \
+        {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    tested = set()
+    for test in sorted((ROOT / "tests").glob("test_*.py")):
+        name = test.stem.removeprefix("test_")
+        if name == "structure":
+            continue
+        if name.startswith("schedules_"):
+            assert list((ROOT / "schedules").glob(f"{name.removeprefix('schedules_')}_*.py")), test.name
+            continue
+        assert name in units, f"{test.name} names no module of parcnet_tvm"
+        tested.add(name)
+    assert sorted(units - tested - set(TESTED_THROUGH_USERS)) == []

@@ -9,51 +9,25 @@ import sys
 import time
 
 import pytest
-from support import ROOT, SMALL, needs_arm_toolchain, run_script
+from support import (
+    ONLY,
+    ROOT,
+    SMALL,
+    needs_arm_toolchain,
+    record_lines,
+    run_script,
+    slow,
+)
 
 from parcnet_tvm import manifest as manifest_io
-from parcnet_tvm.board import free_port, start_tracker, stop, wait_for_server
-from parcnet_tvm.targets import local_cuda_arch
+from parcnet_tvm.targets import get_target, local_cuda_arch
 from parcnet_tvm.tuning.budget import TuneBudget
-from parcnet_tvm.tuning.measurement import local_measurement, rpc_measurement
+from parcnet_tvm.tuning.measurement import local_measurement
 from parcnet_tvm.tuning.tasks import extract_tasks, tune_fused_module
 from parcnet_tvm.tuning_log import (
-    RECORD_FILE,
-    WORKLOAD_FILE,
     open_database,
     record_counts,
 )
-
-ONLY = ("oversized_conv",)  # XT at 64 has 4 such tasks (one per stage): cheap to tune
-
-
-def record_lines(work_dir):
-    path = work_dir / RECORD_FILE
-    return path.read_text().splitlines() if path.is_file() else []
-
-
-@pytest.fixture(scope="module")
-def fused_xt():
-    """XT at 64x64 rewritten, legalized and fused for x86: (module, named target)."""
-    from parcnet_tvm.frontend import import_model
-    from parcnet_tvm.pipeline import fused_module
-    from parcnet_tvm.targets import get_target
-    from parcnet_tvm.weights import prepare_model
-
-    named = get_target("x86")
-    model = prepare_model("xt", SMALL)
-    return fused_module(import_model(model, (1, 3, SMALL, SMALL), "torch"), named), named
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """scripts/tune.py end to end: a few trials of our op's tasks, then build + verify."""
-    out = tmp_path_factory.mktemp("tiny")
-    done = run_script("tune.py", "--target", "x86", "--model", "xt", "--input-size", SMALL,
-                      "--only", *ONLY, "--trials", 8, "--trials-per-iter", 2, "--compare", 2,
-                      "--work-dir", out / "log", "-o", out / "xt.so")
-    assert done.returncode == 0, done.stdout + done.stderr
-    return out, done
 
 
 def test_tiny_tuning_run_builds_a_verified_tuned_library(tiny_run):
@@ -92,7 +66,7 @@ def test_task_allowance_follows_flop_share_unless_one_is_given():
 
 
 def test_rerun_continues_and_never_repeats_recorded_trials(tiny_run, fused_xt, tmp_path):
-    fused, named = fused_xt
+    fused, named = fused_xt, get_target("x86")
     work = tmp_path / "log"
     shutil.copytree(tiny_run[0] / "log", work)
     before = len(record_lines(work))
@@ -125,7 +99,7 @@ def test_killed_run_keeps_every_committed_record(fused_xt, tmp_path):
     kept = record_lines(work)
     valid = [line for line in kept if _is_json(line)]
     assert len(valid) >= 4 and len(valid) >= len(kept) - 1  # at most a half-written last line
-    fused, named = fused_xt
+    fused, named = fused_xt, get_target("x86")
     resumed = tune_fused_module(fused, named, work, TuneBudget(len(valid) + 2, 64, 2), local_measurement(named),
                                 only=ONLY, log=lambda *_: None)
     assert resumed.trials_before == len(valid) and resumed.trials_new <= 3
@@ -137,40 +111,6 @@ def _is_json(line):
         return True
     except ValueError:
         return False
-
-
-def test_corrupt_and_truncated_lines_are_reported_and_set_aside(tiny_run, tmp_path):
-    work = tmp_path / "log"
-    shutil.copytree(tiny_run[0] / "log", work)
-    records = record_lines(work)
-    workloads = (work / WORKLOAD_FILE).read_text().splitlines()
-    # a garbage line in the middle, a half-written record at the end (no newline), and the
-    # first workload corrupt: its records go too, and the others are renumbered
-    (work / WORKLOAD_FILE).write_text("".join(w + "\n" for w in ["{not json"] + workloads[1:]))
-    damaged = records[:3] + ["garbage ]]"] + records[3:] + [records[0][: len(records[0]) // 2]]
-    (work / RECORD_FILE).write_text("\n".join(damaged))
-    messages = []
-    database = open_database(work, log=messages.append)
-    text = "\n".join(messages)
-    assert f"{work / WORKLOAD_FILE}:1:" in text
-    assert f"{work / RECORD_FILE}:4: not a tuning record" in text
-    assert f"{work / RECORD_FILE}:{len(damaged)}: not a tuning record" in text
-    on_first = sum(1 for r in records if json.loads(r)[0] == 0)
-    assert len(database.get_all_tuning_records()) == len(records) - on_first
-    rejected = (work / (RECORD_FILE + ".rejected")).read_text().splitlines()
-    assert "garbage ]]" in rejected and len(rejected) == 2 + on_first
-    assert (work / (WORKLOAD_FILE + ".rejected")).read_text() == "{not json\n"
-    # valid JSON that MetaSchedule cannot load (a trace naming a block the workload lacks)
-    lines = record_lines(work)
-    (work / RECORD_FILE).write_text("".join(line + "\n" for line in lines[:-1])
-                                    + lines[-1].replace('"main"]', '"no_such_func"]') + "\n")
-    messages.clear()
-    database = open_database(work, log=messages.append)
-    assert f"{work / RECORD_FILE}:{len(lines)}: MetaSchedule cannot load this record" in "\n".join(messages)
-    assert len(database.get_all_tuning_records()) == len(lines) - 1
-    text = "\n".join(messages)
-    # the repaired files stay valid for appends: a second open reports nothing
-    assert open_database(work, log=messages.append) and len(messages) == len(text.splitlines())
 
 
 def test_build_script_applies_an_existing_log(tiny_run, tmp_path):
@@ -185,7 +125,7 @@ def test_build_script_applies_an_existing_log(tiny_run, tmp_path):
 
 
 def test_warm_start_reuses_tuned_tasks_without_new_trials(tiny_run, fused_xt, tmp_path):
-    fused, named = fused_xt
+    fused, named = fused_xt, get_target("x86")
     source = tiny_run[0] / "log"
     tuned_there = sum(1 for n in record_counts(open_database(source), extract_tasks(fused, named, ONLY)) if n)
     summary = tune_fused_module(fused, named, tmp_path / "log", TuneBudget(8, 64, 2), local_measurement(named),
@@ -195,6 +135,7 @@ def test_warm_start_reuses_tuned_tasks_without_new_trials(tiny_run, fused_xt, tm
     assert len(record_lines(tmp_path / "log")) >= summary.records_copied > 0
 
 
+@slow  # warm starts stay in the default run (test_warm_start_reuses_tuned_tasks_without_new_trials)
 def test_s_warm_started_from_t_needs_no_trials_and_its_library_verifies(tmp_path):
     """T's records name T's blocks: copied to S's log they must keep T's workload, or
     MetaSchedule cannot load them (found on the way: S after T at 224)."""
@@ -221,6 +162,7 @@ def test_s_warm_started_from_t_needs_no_trials_and_its_library_verifies(tmp_path
     assert manifest["verification"]["status"] == "passed"
 
 
+@slow
 def test_s_shares_every_task_shape_with_t():
     """Why warm-starting S from T's log needs (almost) no new trials."""
     from tvm.s_tir import meta_schedule as ms
@@ -241,45 +183,7 @@ def test_s_shares_every_task_shape_with_t():
     assert s_tasks and all(seen.has_workload(task.dispatched[0]) for task in s_tasks)
 
 
-@pytest.fixture
-def rpc_tracker_with_server():
-    """A Python RPC tracker and an x86 RPC server registered with it, on 127.0.0.1."""
-    port = free_port()
-    tracker = start_tracker(port)
-    server_port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-                               "--port", str(server_port), "--port-end", str(server_port + 1),
-                               "--tracker", f"127.0.0.1:{port}", "--key", "test-board"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_server("127.0.0.1", port, "test-board")
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop(server)
-        stop(tracker)
-
-
-def test_rpc_runner_measures_on_a_server_through_the_tracker(fused_xt, rpc_tracker_with_server, tmp_path):
-    fused, named = fused_xt
-    measurement = rpc_measurement(named, tracker=rpc_tracker_with_server, key="test-board")
-    summary = tune_fused_module(fused, named, tmp_path, TuneBudget(2, 64, 2), measurement, only=ONLY,
-                                log=lambda *_: None)
-    assert summary.trials_new == 2 and summary.best_ms  # measured through RPC
-    records = open_database(tmp_path).get_all_tuning_records()
-    assert len(records) == 2 and any(r.run_secs for r in records)
-
-
-def test_board_that_vanishes_gives_failed_trials_and_a_message(fused_xt, tmp_path):
-    fused, named = fused_xt
-    messages = []
-    measurement = rpc_measurement(named, direct=f"127.0.0.1:{free_port()}", session_timeout=5)  # nobody there
-    summary = tune_fused_module(fused, named, tmp_path, TuneBudget(2, 64, 2), measurement, only=ONLY,
-                                log=messages.append)
-    assert summary.trials_new == 2 and not summary.best_ms
-    assert any("failed to run" in m and "board unreachable" in m for m in messages)
-    assert len(record_lines(tmp_path)) == 2  # recorded as failed trials, never lost
-
-
+@slow  # RPC tuning stays in the default run (test_board.py, an x86 server through a tracker)
 @needs_arm_toolchain
 def test_emulated_board_runs_the_whole_rpc_tuning_loop(tmp_path):
     done = run_script("tune.py", "--target", "arm", "--emulate", "--model", "xt", "--input-size", SMALL,

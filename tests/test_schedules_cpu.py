@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 import tvm
-from support import SMALL
 from tvm import tirx
 
 from parcnet_tvm.targets import get_target
@@ -30,17 +29,6 @@ TARGETS = {"avx512": ("x86", "znver4"), "avx2": ("x86", "haswell"), "neon": ("ar
 def named(isa):
     name, mcpu = TARGETS[isa]
     return get_target(name, mcpu=mcpu)
-
-
-@pytest.fixture(scope="module")
-def fused_xt():
-    """XT at 64x64 after our graph passes, legalization and fusion (the same graph on every CPU)."""
-    from parcnet_tvm.frontend import import_model
-    from parcnet_tvm.pipeline import fused_module
-    from parcnet_tvm.weights import prepare_model
-
-    model = prepare_model("xt", SMALL)
-    return fused_module(import_model(model, (1, 3, SMALL, SMALL), "torch"), get_target("x86"))
 
 
 def rule_of(kernel_schedules: dict) -> dict:

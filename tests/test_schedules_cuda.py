@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tvm
 from gpu_emulation import call_on_cpu, emulated_library, run_on_cpu
-from support import SMALL
+from support import SMALL, slow
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 
@@ -46,8 +46,9 @@ def imported_xt():
     return import_model(prepare_model("xt", SMALL), (1, 3, SMALL, SMALL), "torch")
 
 
-@pytest.mark.parametrize("only, algo", [(("oversized_conv",), "direct"), (("oversized_conv",), "toeplitz"),
-                                        (None, "auto")])
+@pytest.mark.parametrize("only, algo", [(("oversized_conv",), "direct"),
+                                        pytest.param(("oversized_conv",), "toeplitz", marks=slow),
+                                        pytest.param(None, "auto", marks=slow)])
 def test_cuda_tuning_candidates_compile_and_compute_without_a_gpu(imported_xt, tmp_path, only, algo):
     """MetaSchedule's CUDA design spaces (our op's rule for each algorithm, and TVM's rules for
     the heaviest other tasks) produce candidates that nvcc compiles, what tune.py --target cuda
@@ -83,7 +84,7 @@ CUDA_RULE_NAMES = {"oversized_conv", "cuda_gemm", "cuda_depthwise_conv", "cuda_l
                    "cuda_elementwise", "cuda_reduction"}
 
 
-@pytest.mark.parametrize("model, size, batch", [("t", 224, 32), ("xt", 224, 1)])
+@pytest.mark.parametrize("model, size, batch", [pytest.param("t", 224, 32, marks=slow), ("xt", 224, 1)])
 def test_cuda_graph_is_channels_last_and_every_kernel_is_ours(model, size, batch):
     """The configurations gpu_checks.sh tunes and benchmarks: every conv runs channels-last
     (the 1x1 convs as GEMMs), each LayerNormGeneral is one kernel, and every kernel is
@@ -99,7 +100,7 @@ def test_cuda_graph_is_channels_last_and_every_kernel_is_ours(model, size, batch
     assert set(schedules) == CUDA_RULE_NAMES, schedules
 
 
-@pytest.mark.parametrize("model", ["xt", "t"])
+@pytest.mark.parametrize("model", ["xt", pytest.param("t", marks=slow)])
 def test_whole_cuda_program_matches_pytorch_in_emulation(model):
     """Every kernel of an untuned CUDA build, scheduled by our rules (tiled GEMMs with their
     shared-memory stages, implicit-GEMM convs, warp-reduced norms, tiled transposes), run
