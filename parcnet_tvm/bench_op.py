@@ -37,14 +37,16 @@ def stage_shapes(models, input_size=224) -> list[dict]:
 
 
 def conv_pair_module(weight_h: np.ndarray, weight_w: np.ndarray, shape) -> tvm.IRModule:
-    """A Relax module computing the depth-wise (2H-1)x1 then 1x(2W-1) pair, as imports produce it."""
-    _, channels, height, width = shape
+    """A Relax module computing the depth-wise Kx1 then 1xK' pair, each padded K//2 (the
+    2H-1 kernels of a resized model, or the official fixed lengths), as imports produce it."""
+    channels = shape[1]
     builder = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(shape, "float32"))
     with builder.function("main", [x]):
         with builder.dataflow():
-            y = builder.emit(relax.op.nn.conv2d(x, relax.const(weight_h), padding=[height - 1, 0], groups=channels))
-            z = builder.emit_output(relax.op.nn.conv2d(y, relax.const(weight_w), padding=[0, width - 1],
+            y = builder.emit(relax.op.nn.conv2d(x, relax.const(weight_h), padding=[weight_h.shape[2] // 2, 0],
+                                                groups=channels))
+            z = builder.emit_output(relax.op.nn.conv2d(y, relax.const(weight_w), padding=[0, weight_w.shape[3] // 2],
                                                        groups=channels))
         builder.emit_func_output(z)
     return builder.get()

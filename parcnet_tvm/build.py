@@ -12,7 +12,7 @@ import tvm
 from . import manifest as manifest_io
 from .errors import ParcnetError
 from .fast_math import uses_fast_erf
-from .frontend import import_model
+from .frontend import import_model, import_onnx_file
 from .model import parse_input_size, variant_key
 from .oversized import check_algo
 from .pipeline import (
@@ -25,6 +25,7 @@ from .pipeline import (
 from .targets import get_target
 from .tuning_log import database_summary
 from .verify import raise_on_failure, verify_against
+from .onnx_file import load_onnx_file
 from .weights import WEIGHT_SEED, prepare_model
 
 
@@ -35,6 +36,8 @@ class BuildRequest:
     input_size: object = 224
     batch: int = 1
     checkpoint: str | None = None
+    resize_kernels: bool = False  # the paper's 2H-1 kernels instead of the official lengths
+    onnx: str | None = None       # build from this ONNX export instead of our PyTorch model
     frontend: str = "torch"
     output: str | None = None
     cuda_arch: str | None = None
@@ -60,9 +63,21 @@ class BuildRequest:
     def output_path(self) -> Path:
         if self.output:
             return Path(self.output)
+        if self.onnx:
+            return Path("build") / f"{Path(self.onnx).stem}-{self.target}{f'-b{self.batch}' if self.batch != 1 else ''}.so"
         name = manifest_io.artifact_name(variant_key(self.model), self.target, parse_input_size(self.input_size),
-                                         self.batch)
+                                         self.batch, self.resize_kernels)
         return Path("build") / f"{name}.so"
+
+
+def check_onnx_request(onnx, checkpoint, resize_kernels) -> None:
+    """An ONNX file carries its own weights and kernels: refuse options that would change them."""
+    if onnx and checkpoint:
+        raise ParcnetError("--onnx builds the file's own weights: drop --checkpoint (or build from the "
+                           "checkpoint without --onnx)")
+    if onnx and resize_kernels:
+        raise ParcnetError("--resize-kernels changes our PyTorch model; an ONNX file keeps the kernels it "
+                           "was exported with: export it from a model built that way instead")
 
 
 def build_library(request: BuildRequest, log=print) -> dict:
@@ -72,17 +87,23 @@ def build_library(request: BuildRequest, log=print) -> dict:
     input_size = parse_input_size(request.input_size)
     if request.batch < 1:
         raise ParcnetError(f"batch {request.batch} must be >= 1")
+    check_onnx_request(request.onnx, request.checkpoint, request.resize_kernels)
     output = request.output_path()
     input_shape = (request.batch, 3, *input_size)
     log(f"target: {named_target.description}")
 
     started = time.perf_counter()
-    model = prepare_model(request.model, input_size, request.checkpoint)
-    log(f"[1/4] model {model.variant.name}, input {list(input_shape)}")
-
-    mod = import_model(model, input_shape, request.frontend)
+    if request.onnx:  # the user's export; verified against onnxruntime on the same file
+        model = load_onnx_file(request.onnx, request.batch)
+        input_shape, input_size = model.input_shape, model.input_shape[2:]
+        log(f"[1/4] ONNX file {request.onnx}, input {list(input_shape)} (batch fixed, shape arithmetic folded)")
+        mod, frontend = import_onnx_file(model), "onnx-file"
+    else:
+        model = prepare_model(request.model, input_size, request.checkpoint, request.resize_kernels)
+        log(f"[1/4] model {model.variant.name}, input {list(input_shape)}")
+        mod, frontend = import_model(model, input_shape, request.frontend), request.frontend
     imported = time.perf_counter()
-    log(f"[2/4] imported through {request.frontend} in {imported - started:.1f} s")
+    log(f"[2/4] imported through {frontend} in {imported - started:.1f} s")
 
     check_algo(request.oversized_algo)  # before the compile, not in the middle of it
     tuning_logs = request.tuning_logs()
@@ -105,11 +126,14 @@ def build_library(request: BuildRequest, log=print) -> dict:
 
     manifest = {
         "library": output.name,
-        "model": model.variant.name,
+        "model": model.name if request.onnx else model.variant.name,
         "input_size": list(input_size),
         "input_shape": list(input_shape),
+        "resize_kernels": request.resize_kernels,
         "dtype": "float32",
-        "frontend": request.frontend,
+        "frontend": frontend,
+        "onnx_file": {"path": str(Path(request.onnx).resolve()), "sha256": manifest_io.sha256(request.onnx)}
+        if request.onnx else None,
         "target_name": named_target.name,
         "target": named_target.as_dict(),
         "target_description": named_target.description,
@@ -131,7 +155,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "cuda_graph": uses_cuda_graph(named_target, options),
         "oversized_op": {"custom_op": request.custom_op and not request.tvm_default,
                          "algo": request.oversized_algo},
-        "weights": {
+        "weights": {"in": "the ONNX file"} if request.onnx else {
             "checkpoint": str(Path(request.checkpoint).resolve()) if request.checkpoint else None,
             "sha256": manifest_io.sha256(request.checkpoint) if request.checkpoint else None,
             "seed": None if request.checkpoint else WEIGHT_SEED,
@@ -145,7 +169,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
     manifest_io.write(output, manifest)
     result = manifest["verification"]
     if result["status"] == "passed":
-        log(f"[4/4] verified against PyTorch: max abs error {result['max_abs_error']:.2e} <= {result['tolerance']:g}")
+        log(f"[4/4] verified against {result['reference'].split(' fp32')[0]}: max abs error {result['max_abs_error']:.2e} <= {result['tolerance']:g}")
     else:
         log(f"[4/4] verification {result['status']}" + (f": {result['reason']}" if "reason" in result else ""))
     raise_on_failure(result, output)

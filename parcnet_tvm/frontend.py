@@ -16,6 +16,7 @@ from tvm.relax.dpl import is_const, is_op, is_tuple, rewrite_call, wildcard
 
 from .errors import ParcnetError
 from .graph import const_value
+from .onnx_file import OnnxFileModel
 
 FRONTENDS = ("torch", "onnx")
 ONNX_OPSET = 17
@@ -76,20 +77,33 @@ def clip_to_max_min(onnx_model) -> int:
 
 
 def from_onnx(model: torch.nn.Module, input_shape) -> tvm.IRModule:
-    """torch.onnx.export the model, rewrite Clip, and import it into Relax."""
+    """torch.onnx.export the model and import the ONNX graph."""
+    return from_onnx_proto(export_onnx(model, input_shape), {"input": list(input_shape)})
+
+
+def from_onnx_proto(onnx_model, shape_dict: dict) -> tvm.IRModule:
+    """An ONNX graph with static shapes -> Relax: Clip rewritten, two-way Max/Min as maximum/minimum."""
     from tvm.relax.frontend.onnx import from_onnx as relax_from_onnx
 
-    onnx_model = export_onnx(model, input_shape)
     clip_to_max_min(onnx_model)
-    mod = relax_from_onnx(onnx_model, shape_dict={"input": list(input_shape)}, keep_params_in_input=False)
+    mod = relax_from_onnx(onnx_model, shape_dict=shape_dict, keep_params_in_input=False)
     return two_way_max_as_maximum(mod)
+
+
+def import_onnx_file(onnx_file: OnnxFileModel) -> tvm.IRModule:
+    """A user's ONNX export (batch fixed, shapes folded by onnx_file.load_onnx_file) -> Relax."""
+    mod = from_onnx_proto(onnx_file.proto, {onnx_file.input_name: list(onnx_file.input_shape)})
+    return square_as_multiply(mod)
 
 
 def two_way_max_as_maximum(mod: tvm.IRModule, func_name: str = "main") -> tvm.IRModule:
     """max(stack((a, b)), axis 0) -> maximum(a, b), and the same for min: TVM's ONNX importer
     writes a two-input Max/Min as a 5-D stack, which TVM's ConvertLayout cannot handle."""
     a, b = wildcard(), wildcard()
-    stacked = is_op("relax.stack")(is_tuple([a, b]))
+    # the importer broadcasts each input to the common shape first; maximum broadcasts itself
+    a_in = is_op("relax.broadcast_to")(a, wildcard()) | a
+    b_in = is_op("relax.broadcast_to")(b, wildcard()) | b
+    stacked = is_op("relax.stack")(is_tuple([a_in, b_in]))
     for reduce_op, binary in (("relax.max", relax.op.maximum), ("relax.min", relax.op.minimum)):
         pattern = is_op(reduce_op)(stacked)
 

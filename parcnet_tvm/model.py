@@ -19,8 +19,10 @@ from torch import nn
 from .errors import ParcnetError
 
 # Oversized kernel lengths of the official model, made for a 224 input (2H-1, H = 56, 28, 14, 7).
+# The official classifier keeps them, with padding k//2, at every input size.
 KERNELS_AT_224 = (111, 55, 27, 13)
-STAGE_STRIDES = (4, 8, 16, 32)
+# The stem's conv (k7 s4 p2) needs at least 3 pixels per side; every later layer runs on any map.
+MIN_SIDE = 3
 BGU_RATIO = 5  # the channel BGU's hidden width is 5C, split into two 2.5C halves
 NORM_EPS = 1e-6
 
@@ -57,7 +59,8 @@ def variant_key(name: str) -> str:
 
 
 def parse_input_size(size) -> tuple[int, int]:
-    """Accept 224, '224', '224x320', (224, 320); each side must be divisible by 32."""
+    """Accept 224, '224', '224x320', (224, 320): any size the official model runs (each side
+    at least MIN_SIDE; the downsampling rounds as its convs do)."""
     if isinstance(size, str):
         parts = size.lower().replace(",", "x").split("x")
         try:
@@ -72,17 +75,27 @@ def parse_input_size(size) -> tuple[int, int]:
     if len(size) != 2:
         raise ParcnetError(f"input size {size!r} must be one int or (H, W)")
     for side in size:
-        if side <= 0 or side % 32:
+        if side < MIN_SIDE:
             raise ParcnetError(
-                f"input size {size[0]}x{size[1]} is not divisible by 32: ParCNetV2 downsamples by 32; "
-                f"use e.g. {max(32, round(side / 32) * 32)}"
+                f"input size {size[0]}x{size[1]} is too small: ParCNetV2's stem (7x7 conv, stride 4, "
+                f"padding 2) needs at least {MIN_SIDE} pixels per side; use e.g. 224"
             )
     return size
 
 
+def conv_output_side(side: int, kernel: int, stride: int, padding: int) -> int:
+    return (side + 2 * padding - kernel) // stride + 1
+
+
 def stage_map_sizes(input_size: tuple[int, int]) -> list[tuple[int, int]]:
-    """(H, W) of the feature map in each of the four stages."""
-    return [(input_size[0] // s, input_size[1] // s) for s in STAGE_STRIDES]
+    """(H, W) of the feature map in each of the four stages, rounded as the official
+    downsampling convs round (stem k7 s4 p2, then k3 s2 p1): 200 -> 50, 25, 13, 7."""
+    sizes, size = [], tuple(input_size)
+    for stage in range(4):
+        kernel, stride, padding = (7, 4, 2) if stage == 0 else (3, 2, 1)
+        size = tuple(conv_output_side(side, kernel, stride, padding) for side in size)
+        sizes.append(size)
+    return sizes
 
 
 def resize_kernel(weight: torch.Tensor, taps: int, axis: int) -> torch.Tensor:
@@ -128,19 +141,21 @@ class Scale(nn.Module):
 
 
 class OversizedConv(nn.Module):
-    """Depth-wise (2H-1)x1 then 1x(2W-1) convolution with padding H-1 / W-1 (paper Sec. 3.1).
+    """Depth-wise Kx1 then 1xK convolution with padding K//2 (paper Sec. 3.1).
 
-    Kernels are stored at the length for this model's map size. A state dict made for
-    another size (the official 224 checkpoints) is resized on load, once.
+    Official behaviour (the default): K is the stage's 224 length (111/55/27/13) at every
+    input size, as the official classifier runs it. With `resize_kernels` (the paper's
+    resizing): K is 2H-1 (and 2W-1) for this map, and a 224-length state dict (the official
+    checkpoints) is resized on load, once.
     """
 
-    def __init__(self, dim: int, map_size: tuple[int, int]):
+    def __init__(self, dim: int, map_size: tuple[int, int], kernel_length: int, resize_kernels: bool = False):
         super().__init__()
         height, width = map_size
         self.map_size = map_size
-        taps_h, taps_w = 2 * height - 1, 2 * width - 1
-        self.conv_h = nn.Conv2d(dim, dim, (taps_h, 1), padding=(height - 1, 0), groups=dim, bias=False)
-        self.conv_w = nn.Conv2d(dim, dim, (1, taps_w), padding=(0, width - 1), groups=dim, bias=False)
+        taps_h, taps_w = (2 * height - 1, 2 * width - 1) if resize_kernels else (kernel_length, kernel_length)
+        self.conv_h = nn.Conv2d(dim, dim, (taps_h, 1), padding=(taps_h // 2, 0), groups=dim, bias=False)
+        self.conv_w = nn.Conv2d(dim, dim, (1, taps_w), padding=(0, taps_w // 2), groups=dim, bias=False)
 
     def forward(self, x):
         return self.conv_w(self.conv_h(x))
@@ -160,12 +175,12 @@ class OversizedConv(nn.Module):
 class ParCV2(nn.Module):
     """Token mixer: pwconv1 -> split -> x1 * (oversized(GELU x2) + dw7x7(GELU x2)) -> pwconv2."""
 
-    def __init__(self, dim: int, map_size: tuple[int, int]):
+    def __init__(self, dim: int, map_size: tuple[int, int], kernel_length: int, resize_kernels: bool = False):
         super().__init__()
         self.dim = dim
         self.pwconv1 = nn.Conv2d(dim, 2 * dim, 1, bias=True)
         self.act = nn.GELU()
-        self.dwconv1 = OversizedConv(dim, map_size)
+        self.dwconv1 = OversizedConv(dim, map_size, kernel_length, resize_kernels)
         self.dwconv2 = nn.Conv2d(dim, dim, 7, padding=3, groups=dim, bias=False)
         self.pwconv2 = nn.Conv2d(dim, dim, 1, bias=False)
 
@@ -199,10 +214,11 @@ class BGU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, map_size: tuple[int, int], res_scale: bool):
+    def __init__(self, dim: int, map_size: tuple[int, int], kernel_length: int, res_scale: bool,
+                 resize_kernels: bool = False):
         super().__init__()
         self.norm1 = LayerNormGeneral(dim)
-        self.token_mixer = ParCV2(dim, map_size)
+        self.token_mixer = ParCV2(dim, map_size, kernel_length, resize_kernels)
         self.res_scale1 = Scale(dim) if res_scale else nn.Identity()
         self.norm2 = LayerNormGeneral(dim)
         self.mlp = BGU(dim)
@@ -234,10 +250,12 @@ class Downsampling(nn.Module):
 
 
 class ParCNetV2(nn.Module):
-    def __init__(self, variant: Variant, input_size=224, num_classes: int = 1000, in_chans: int = 3):
+    def __init__(self, variant: Variant, input_size=224, num_classes: int = 1000, in_chans: int = 3,
+                 resize_kernels: bool = False):
         super().__init__()
         self.variant = variant
         self.input_size = parse_input_size(input_size)
+        self.resize_kernels = resize_kernels
         self.num_classes = num_classes
         dims, depths = variant.dims, variant.depths
         maps = stage_map_sizes(self.input_size)
@@ -246,7 +264,8 @@ class ParCNetV2(nn.Module):
         )
         # res_scale exists in the third and fourth stages only (official res_scale_init_values).
         self.stages = nn.ModuleList(
-            nn.Sequential(*(Block(dims[i], maps[i], res_scale=i >= 2) for _ in range(depths[i])))
+            nn.Sequential(*(Block(dims[i], maps[i], KERNELS_AT_224[i], res_scale=i >= 2, resize_kernels=resize_kernels)
+                            for _ in range(depths[i])))
             for i in range(4)
         )
         self.norm = nn.LayerNorm(dims[-1], eps=NORM_EPS)
@@ -255,7 +274,7 @@ class ParCNetV2(nn.Module):
 
     def _init_weights(self):
         # Official init: trunc_normal(std=0.02) weights, zero biases, drawn at the 224 kernel
-        # lengths; kernels for other sizes are the resized 224 kernels, as for a checkpoint.
+        # lengths; resized kernels (resize_kernels) are the resized 224 kernels, as for a checkpoint.
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
@@ -302,7 +321,10 @@ def draw_verification_weights(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def create_model(name: str, input_size=224, num_classes: int = 1000) -> ParCNetV2:
-    """Build a ParCNetV2 variant ('xt', 't', 's', 'b' or 'parcnetv2_<name>') in eval mode."""
-    model = ParCNetV2(VARIANTS[variant_key(name)], input_size=input_size, num_classes=num_classes)
+def create_model(name: str, input_size=224, num_classes: int = 1000, resize_kernels: bool = False) -> ParCNetV2:
+    """Build a ParCNetV2 variant ('xt', 't', 's', 'b' or 'parcnetv2_<name>') in eval mode;
+    `resize_kernels` resizes the oversized kernels to each map (the paper) instead of keeping
+    the official 224 lengths."""
+    model = ParCNetV2(VARIANTS[variant_key(name)], input_size=input_size, num_classes=num_classes,
+                      resize_kernels=resize_kernels)
     return model.eval()

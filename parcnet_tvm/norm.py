@@ -1,7 +1,7 @@
 """LayerNormGeneral as one op: one kernel, one pass over each token's channels.
 
-The imported norm is eight Relax ops (mean, subtract, square, sum, sqrt, clip, divide,
-scale). TVM's FuseOps does not fuse a reduction into another, so it became three kernels
+The imported norm is eight Relax ops (mean, subtract, square, sum, sqrt, clip (maximum
+from ONNX), divide, scale). TVM's FuseOps does not fuse a reduction into another, so it became three kernels
 that read the activations three times and write them twice. Here each such chain is
 replaced with one TE op over the last axis (channels-last: a token's channels are
 contiguous), whose two reductions and output the tuner can compute token by token.
@@ -15,7 +15,7 @@ import tvm
 from tvm import relax, te
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from .graph import ints, rewrite_into_primfuncs
+from .graph import const_value, ints, rewrite_into_primfuncs
 
 PRIMFUNC_PREFIX = "layer_norm_general_"
 
@@ -40,13 +40,28 @@ def layer_norm_general(x: te.Tensor, weight: te.Tensor, eps: float) -> te.Tensor
 
 
 def _pattern():
-    x, weight, low, high = wildcard(), is_const(), wildcard(), wildcard()
+    x, weight, low, high, floor = wildcard(), is_const(), wildcard(), wildcard(), is_const()
     mean = is_op("relax.mean")(x)
     centred = is_op("relax.subtract")(x, mean)
     total = is_op("relax.sum")(is_op("relax.multiply")(centred, centred))
-    clamped = is_op("relax.clip")(is_op("relax.sqrt")(total), low, high)
+    norm = is_op("relax.sqrt")(total)
+    # clamp_min(eps): `clip(norm, eps, inf)` from torch.export, `maximum(norm, eps)` from ONNX
+    # (its Clip becomes Max in frontend.clip_to_max_min)
+    clamped = is_op("relax.clip")(norm, low, high) | is_op("relax.maximum")(norm, floor)
     out = is_op("relax.multiply")(is_op("relax.divide")(centred, clamped), weight)
-    return out, x, weight, mean, total, low, high
+    return out, x, weight, mean, total, low, high, floor
+
+
+def _epsilon(matches, low_p, high_p, floor_p) -> float | None:
+    """The clamp's eps when it is a positive lower bound only, else None."""
+    if floor_p in matches:
+        value = const_value(matches[floor_p])
+        eps = float(value.reshape(())) if value.size == 1 else None
+        return eps if eps is not None and eps > 0 else None
+    bounds = [getattr(matches[p], "value", None) for p in (low_p, high_p)]  # float immediates in TVM 0.27
+    if not all(isinstance(b, float) for b in bounds) or not math.isinf(bounds[1]) or bounds[0] <= 0:
+        return None
+    return bounds[0]
 
 
 def _last_axis_only(call: relax.Call, rank: int) -> bool:
@@ -57,7 +72,7 @@ def _last_axis_only(call: relax.Call, rank: int) -> bool:
 def fuse_layer_norms(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
     """Replace every LayerNormGeneral chain over the last axis of a 4-D float32 tensor; returns
     (module, how many)."""
-    pattern, x_p, weight_p, mean_p, total_p, low_p, high_p = _pattern()
+    pattern, x_p, weight_p, mean_p, total_p, low_p, high_p, floor_p = _pattern()
     replaced = 0
 
     def rewriter(expr, matches, primfunc):
@@ -66,16 +81,14 @@ def fuse_layer_norms(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IR
         shape = x.ty.shape
         if shape is None or len(shape) != 4 or str(x.ty.dtype) != "float32":
             return expr
-        low, high = matches[low_p], matches[high_p]
-        bounds = [getattr(v, "value", None) for v in (low, high)]  # float immediates in TVM 0.27
-        if not all(isinstance(b, float) for b in bounds) or not math.isinf(bounds[1]) or bounds[0] <= 0:
+        eps = _epsilon(matches, low_p, high_p, floor_p)
+        if eps is None:
             return expr
         if not (_last_axis_only(matches[mean_p], 4) and _last_axis_only(matches[total_p], 4)):
             return expr
         dims = ints(shape)
         if ints(matches[weight_p].ty.shape) != dims[-1:]:
             return expr
-        eps = bounds[0]
 
         def make():
             data = te.placeholder(dims, "float32", name="x")

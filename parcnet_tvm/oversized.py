@@ -8,7 +8,9 @@ and the 1x(2W-1) convolution with padding W-1 is
 
     z[i, j] = sum_{r < W} y[i, r] * kw[c, r - j + W - 1]            (the W pass)
 
-Summing only over real rows / columns makes the zero padding implicit: no multiply-adds on
+Any odd kernel length K with padding K//2 is the same op once its taps are placed in the
+2H-1 window that can meet the map (`kernel_over_map`). Summing only over real rows / columns
+makes the zero padding implicit: no multiply-adds on
 padded zeros (a padded direct conv does about twice the work). Two algorithms:
 
 - direct: the taps are read from the kernel vector by index. The W kernel is stored
@@ -62,6 +64,27 @@ def choose_algo(algo: str, channels: int, height: int, width: int, target_kind: 
         return "direct"
     toeplitz_bytes = 4 * channels * (height * height + width * width)
     return "toeplitz" if toeplitz_bytes <= TOEPLITZ_MAX_BYTES else "direct"
+
+
+def kernel_over_map(weight: np.ndarray, side: int) -> np.ndarray:
+    """A depth-wise 1-D kernel of any odd length K, padded K//2 (the output keeps the map's
+    size), as the 2*side-1 taps that can meet a map of `side` pixels: (C, ..K..) -> (C, 2*side-1).
+
+    The op sums over real pixels only, so it needs the taps at offsets -(side-1)..side-1 from
+    the centre: taps further out only ever meet the padding's zeros (dropped), and a kernel
+    shorter than 2*side-1 is zero-extended. So the official kernels (111/55/27/13 at every
+    input size) and the paper's resized ones (2H-1) both run on the same op.
+    """
+    kernel = weight.reshape(weight.shape[0], -1)
+    length, window = kernel.shape[1], 2 * side - 1
+    if length % 2 == 0:
+        raise ParcnetError(f"oversized kernel of even length {length}: only odd lengths keep the map's size")
+    first = max(0, side - 1 - length // 2)  # first window tap the kernel reaches
+    skipped = max(0, length // 2 - (side - 1))  # kernel taps beyond the window on each side
+    count = min(window - first, length - skipped)
+    out = np.zeros((kernel.shape[0], window), dtype=kernel.dtype)
+    out[:, first:first + count] = kernel[:, skipped:skipped + count]
+    return out
 
 
 def kernel_vectors(weight_h: np.ndarray, weight_w: np.ndarray | None):

@@ -86,7 +86,7 @@ def run_passes(passes: list, mod: tvm.IRModule) -> tvm.IRModule:
 
 @tvm.transform.module_pass(opt_level=0, name="RewriteOversizedConvs")
 class RewriteOversizedConvs:
-    """Each oversized depth-wise conv pair (2H-1 x 1, then 1 x 2W-1) becomes our op."""
+    """Each oversized depth-wise conv pair (K x 1, then 1 x K', padded to keep the map) becomes our op."""
 
     def __init__(self, algo: str, target_kind: str):
         self.algo, self.target_kind = algo, target_kind

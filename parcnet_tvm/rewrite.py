@@ -1,9 +1,12 @@
 """Relax rewrite: each oversized depth-wise conv pair -> our TE op through call_tir.
 
 Matches `conv2d(conv2d(x, Wh), Ww)` where both are depth-wise (groups == channels), stride 1,
-NCHW / OIHW, with a constant (C,1,2H-1,1) kernel padded H-1 and a constant (C,1,1,2W-1)
-kernel padded W-1: the ParC V2 `dwconv1` of every block, from the torch and ONNX imports
-alike. Anything else (the 7x7 depth-wise conv, stems, 1x1 convs) is left as it is.
+NCHW / OIHW, with a constant (C,1,K,1) kernel padded K//2 and a constant (C,1,1,K') kernel
+padded K'//2 (odd K, K'; the output keeps the map's size): the ParC V2 `dwconv1` of every
+block, with the official lengths (111/55/27/13) or resized to 2H-1, from the torch and ONNX
+imports alike. The kernels are placed in the 2H-1 / 2W-1 window our op takes
+(`oversized.kernel_over_map`). Anything else (the 7x7 depth-wise conv, stems, 1x1 convs) is
+left as it is.
 
 A pair becomes one call of the op (both passes), except on CUDA where a thread block cannot
 stage a channel's whole map (stage 1 from 448x448 inputs): there it becomes two calls, the H
@@ -18,7 +21,7 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from .errors import ParcnetError
 from .graph import calls, const_value, ints, rewrite_into_primfuncs
-from .oversized import choose_algo, oversized_conv, weight_constants
+from .oversized import choose_algo, kernel_over_map, oversized_conv, weight_constants
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves our op alone, so its schedule stays ours
 PRIMFUNC_PREFIX = "oversized_conv_"  # names of our op's PrimFuncs
@@ -31,22 +34,25 @@ def _pattern():
     return conv_w, data, weight_h, weight_w, conv_h
 
 
-def _is_depthwise(call, channels: int, kernel: tuple[int, int], padding: list[int]) -> bool:
+def _same_size_depthwise_length(call, channels: int, axis: int) -> int | None:
+    """K when `call` is a stride-1 depth-wise Kx1 (axis 0) or 1xK (axis 1) conv with odd K > 1
+    and padding K//2 (its output keeps the map's size), in NCHW / OIHW; else None."""
     attrs = call.attrs
-    return (
-        int(attrs.groups) == channels
-        and ints(attrs.strides) == [1, 1]
-        and ints(attrs.dilation) == [1, 1]
-        and str(attrs.data_layout) == "NCHW"
-        and str(attrs.kernel_layout) == "OIHW"
-        and str(attrs.out_layout) == "NCHW"
-        and ints(call.args[1].ty.shape) == [channels, 1, *kernel]
-        and ints(attrs.padding) == padding
-    )
+    shape = ints(call.args[1].ty.shape)
+    if (int(attrs.groups) != channels or ints(attrs.strides) != [1, 1] or ints(attrs.dilation) != [1, 1]
+            or str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
+            or str(attrs.out_layout) != "NCHW" or shape[:2] != [channels, 1] or shape[3 - axis] != 1):
+        return None
+    length = shape[2 + axis]
+    padding = [length // 2, 0] if axis == 0 else [0, length // 2]
+    if length < 3 or length % 2 == 0 or ints(attrs.padding) != padding * 2:
+        return None
+    return length
 
 
 def oversized_shape(conv_h, conv_w, data) -> tuple[int, int, int, int] | None:
-    """(N, C, H, W) when the pair is an oversized H-then-W depth-wise conv, else None."""
+    """(N, C, H, W) when the pair is a depth-wise Kx1 then 1xK' conv, each padded to keep the
+    map's size (the ParC V2 `dwconv1`, official kernel lengths or resized to 2H-1), else None."""
     shape = data.ty.shape
     if shape is None or len(shape) != 4 or str(data.ty.dtype) != "float32":
         return None
@@ -54,9 +60,10 @@ def oversized_shape(conv_h, conv_w, data) -> tuple[int, int, int, int] | None:
         batch, channels, height, width = ints(shape)
     except TypeError:  # symbolic shape
         return None
-    h_ok = _is_depthwise(conv_h, channels, (2 * height - 1, 1), [height - 1, 0, height - 1, 0])
-    w_ok = _is_depthwise(conv_w, channels, (1, 2 * width - 1), [0, width - 1, 0, width - 1])
-    return (batch, channels, height, width) if h_ok and w_ok else None
+    if _same_size_depthwise_length(conv_h, channels, 0) is None or \
+            _same_size_depthwise_length(conv_w, channels, 1) is None:
+        return None
+    return batch, channels, height, width
 
 
 def fused_passes(algo: str, height: int, width: int) -> tuple[str, ...]:
@@ -84,7 +91,8 @@ def rewrite_oversized_convs(mod: tvm.IRModule, algo: str = "auto", func_name: st
         except ParcnetError as error:
             refused.append(error)
             return expr
-        weights = const_value(matches[weight_h_p]), const_value(matches[weight_w_p])
+        weights = (kernel_over_map(const_value(matches[weight_h_p]), height),
+                   kernel_over_map(const_value(matches[weight_w_p]), width))
         out = matches[data_p]
         for passes in passes_per_call:
             constants = weight_constants(chosen, passes, *weights, height, width)

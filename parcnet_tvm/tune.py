@@ -26,9 +26,9 @@ from pathlib import Path
 
 from . import board
 from .bench.compare import compare_with_pytorch, format_latency_table
-from .build import BuildRequest, build_library
+from .build import BuildRequest, build_library, check_onnx_request
 from .errors import ParcnetError
-from .frontend import import_model
+from .frontend import import_model, import_onnx_file
 from .model import parse_input_size, variant_key
 from .pipeline import PipelineOptions, fused_module
 from .runtime import why_not_runnable
@@ -37,6 +37,7 @@ from .tuning.budget import default_budget
 from .tuning.measurement import local_measurement, rpc_measurement
 from .tuning.tasks import extract_tasks, tune_fused_module
 from .tuning_log import default_work_dir, has_log
+from .onnx_file import load_onnx_file
 from .weights import prepare_model
 
 
@@ -47,6 +48,8 @@ class TuneRequest:
     input_size: object = 224
     batch: int = 1
     checkpoint: str | None = None
+    resize_kernels: bool = False       # the paper's 2H-1 kernels instead of the official lengths
+    onnx: str | None = None            # tune and build the user's ONNX export instead of our model
     trials: int | None = None
     trials_per_task: int | None = None
     trials_per_iter: int | None = None
@@ -103,8 +106,10 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     named = get_target(request.target, cuda_arch=request.cuda_arch, mcpu=request.mcpu)
     _check_request(request, named)
     named.check_toolchain()
-    input_size = parse_input_size(request.input_size)
-    model_key = variant_key(request.model)
+    check_onnx_request(request.onnx, request.checkpoint, request.resize_kernels)
+    onnx_model = load_onnx_file(request.onnx, request.batch) if request.onnx else None
+    input_size = onnx_model.input_shape[2:] if onnx_model else parse_input_size(request.input_size)
+    model_key = f"onnx-{onnx_model.name}" if onnx_model else variant_key(request.model)
     suffix = "-emulated" if request.emulate else ""
     work_dir = Path(request.work_dir) if request.work_dir else \
         default_work_dir(model_key, named.name + suffix, input_size, request.batch)
@@ -118,10 +123,13 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     summary = None
     if will_tune:
         started = time.perf_counter()
-        model = prepare_model(request.model, input_size, request.checkpoint)
-        mod = import_model(model, (request.batch, 3, *input_size), "torch")
+        if onnx_model:
+            name, mod = onnx_model.path.name, import_onnx_file(onnx_model)
+        else:
+            model = prepare_model(request.model, input_size, request.checkpoint, request.resize_kernels)
+            name, mod = model.variant.name, import_model(model, (request.batch, 3, *input_size), "torch")
         fused = fused_module(mod, named, PipelineOptions(exact_math=request.exact_math))
-        log(f"[tune] model {model.variant.name} {request.batch}x3x{input_size[0]}x{input_size[1]} imported "
+        log(f"[tune] model {name} {request.batch}x3x{input_size[0]}x{input_size[1]} imported "
             f"and fused in {time.perf_counter() - started:.1f} s")
         tasks = extract_tasks(fused, named, request.only)
         budget = default_budget(len(tasks), request.trials, request.trials_per_task, request.trials_per_iter,
@@ -137,7 +145,8 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     logs = [work_dir] if has_log(work_dir) else []
     logs += [Path(p) for p in request.warm_start if Path(p).resolve() not in {d.resolve() for d in logs}]
     build = BuildRequest(model=request.model, target=named.name, input_size=request.input_size,
-                         batch=request.batch, checkpoint=request.checkpoint, output=request.output,
+                         batch=request.batch, checkpoint=request.checkpoint, resize_kernels=request.resize_kernels,
+                         onnx=request.onnx, output=request.output,
                          cuda_arch=request.cuda_arch, mcpu=request.mcpu, tuning_log=logs,
                          exact_math=request.exact_math)
     manifest = build_library(build, log=log)
@@ -145,7 +154,10 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     result = {"summary": summary, "manifest": manifest, "library": str(library), "rows": []}
     if named.name == "arm" and not has_board:
         log(BOARD_HOWTO.format(model=model_key, logs=f" and the log(s) {', '.join(map(str, logs))}" if logs else ""))
-    if request.compare and not named.emulated and why_not_runnable(named) is None:
+    if request.compare and onnx_model:
+        log("latency: the table compares with PyTorch eager, which an --onnx build does not have; "
+            f"time {library} with scripts/bench.py")
+    elif request.compare and not named.emulated and why_not_runnable(named) is None:
         result["rows"] = compare_untuned_tuned_pytorch(build, manifest, request.compare, log)
     elif request.compare and named.emulated:
         log("latency: not measured here (ARM libraries run under emulation on this host, and emulated time "

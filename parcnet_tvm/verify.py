@@ -1,4 +1,5 @@
-"""Check a compiled library against PyTorch: fixed random input, fp32, max abs error <= 1e-4."""
+"""Check a compiled library against the model it was built from: PyTorch, or onnxruntime on the
+user's ONNX file (`--onnx`). Fixed random input, fp32, max abs error <= 1e-4."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def pytorch_output(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
+def reference_output(reference, x: np.ndarray) -> np.ndarray:
+    """The output of the model a library was built from: a PyTorch module, or an OnnxFileModel."""
+    return pytorch_output(reference, x) if isinstance(reference, torch.nn.Module) else reference(x)
+
+
+def reference_name(reference) -> str:
+    return "PyTorch eager fp32" if isinstance(reference, torch.nn.Module) else "onnxruntime fp32 (CPU)"
+
+
 def load_vm(library, device) -> relax.VirtualMachine:
     """A Relax VM over a library path or an in-memory executable."""
     lib = tvm.runtime.load_module(str(library)) if isinstance(library, (str, Path)) else library
@@ -47,28 +57,30 @@ def run_vm(vm: relax.VirtualMachine, x: np.ndarray, device) -> np.ndarray:
     return out.numpy()
 
 
-def compare(actual: np.ndarray, expected: np.ndarray, tolerance: float = TOLERANCE, seed: int = INPUT_SEED) -> dict:
+def compare(actual: np.ndarray, expected: np.ndarray, tolerance: float = TOLERANCE, seed: int = INPUT_SEED,
+            reference: str = "PyTorch eager fp32") -> dict:
     if actual.shape != expected.shape:
-        return {"status": "failed", "reason": f"output shape {actual.shape} != PyTorch {expected.shape}",
+        return {"status": "failed", "reason": f"output shape {actual.shape} != reference {expected.shape}",
                 "tolerance": tolerance}
     error = float(np.max(np.abs(actual.astype(np.float64) - expected)))
     return {
         "status": "passed" if error <= tolerance else "failed",
         "max_abs_error": error,
         "tolerance": tolerance,
-        "reference": "PyTorch eager fp32",
+        "reference": reference,
         "input_seed": seed,
     }
 
 
-def verify_against(model: torch.nn.Module, library, named_target, input_shape) -> dict:
-    """Run `library` (path, or executable for targets that run natively) and compare with `model`."""
+def verify_against(model, library, named_target, input_shape) -> dict:
+    """Run `library` (path, or executable for targets that run natively) and compare with `model`
+    (a PyTorch module, or the user's ONNX file run by onnxruntime)."""
     reason = why_not_runnable(named_target)
     if reason:
         return {"status": "skipped", "reason": reason}
     if named_target.emulated:  # ARM: the board runner under qemu, one call
         x = reference_input(input_shape)
-        result = compare(run_emulated(library, x), pytorch_output(model, x))
+        result = compare(run_emulated(library, x), reference_output(model, x), reference=reference_name(model))
         result["ran_on"] = f"qemu-arm -cpu {QEMU_CPU} (emulated board)"
         return result
     # Natively: two calls on one VM with different inputs, so that a library that keeps
@@ -78,7 +90,8 @@ def verify_against(model: torch.nn.Module, library, named_target, input_shape) -
     results = []
     for seed in (INPUT_SEED, INPUT_SEED + 1):
         x = reference_input(input_shape, seed)
-        results.append(compare(run_vm(vm, x, device), pytorch_output(model, x), seed=seed))
+        results.append(compare(run_vm(vm, x, device), reference_output(model, x), seed=seed,
+                               reference=reference_name(model)))
     failed = [r for r in results if r["status"] != "passed"]
     worst = failed[0] if failed else max(results, key=lambda r: r["max_abs_error"])
     return dict(worst, calls=len(results))
@@ -87,7 +100,8 @@ def verify_against(model: torch.nn.Module, library, named_target, input_shape) -
 def raise_on_failure(result: dict, library) -> None:
     if result["status"] == "failed":
         detail = result.get("reason") or f"max abs error {result['max_abs_error']:.3g} > {result['tolerance']:g}"
-        raise VerificationError(f"{library} does not match PyTorch: {detail}")
+        reference = result.get("reference", "PyTorch eager fp32").split(" fp32")[0]
+        raise VerificationError(f"{library} does not match {reference}: {detail}")
 
 
 def verify_library(library) -> dict:
@@ -203,7 +217,7 @@ def check_bundle_top5(bundle) -> str:
     library = next(p for p in bundle.glob("*.so") if p.name not in LIBRARIES)
     info = manifest_io.read(library)
     x = reference_input(info["input_shape"])
-    expected = pytorch_output(model_from_manifest(info), x)[0]
+    expected = reference_output(model_from_manifest(info), x)[0]
     torch_top5 = [int(i) for i in torch.topk(torch.from_numpy(expected), 5).indices]
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "input.raw"

@@ -8,6 +8,7 @@ import argparse
 
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.cli import run_main
+from parcnet_tvm.errors import ParcnetError
 from parcnet_tvm.frontend import FRONTENDS
 from parcnet_tvm.model import VARIANTS
 from parcnet_tvm.oversized import ALGOS
@@ -18,10 +19,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="xt", help=f"variant: {', '.join(VARIANTS)} (default xt)")
     parser.add_argument("--target", default="x86", help=f"one of {', '.join(TARGET_NAMES)} (default x86)")
-    parser.add_argument("--input-size", default="224", help="224, or HxW such as 224x320; multiples of 32")
+    parser.add_argument("--input-size", default="224", help="224, or HxW such as 200 or 240x320 (any size the official model runs)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--checkpoint", help="official/timm-style state dict (.pth); random weights if omitted")
+    parser.add_argument("--resize-kernels", action="store_true",
+                        help="resize the oversized kernels to 2H-1 for the input size (the paper, Sec. 3.1) "
+                             "instead of the official model's fixed 111/55/27/13")
     parser.add_argument("--frontend", default="torch", choices=FRONTENDS)
+    parser.add_argument("--onnx", metavar="FILE.onnx",
+                        help="build from your ONNX export of ParCNetV2 instead (its input size; batch from "
+                             "--batch); verified against onnxruntime")
     parser.add_argument("--cuda-arch", help="CUDA arch when no GPU is visible (default sm_90)")
     parser.add_argument("--mcpu", help="override the detected x86 CPU name (LLVM -mcpu)")
     parser.add_argument("--no-custom-op", action="store_true",
@@ -47,9 +54,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.time and args.onnx:
+        raise ParcnetError("--time compares with PyTorch eager, which an --onnx build does not have; "
+                           "time the library with scripts/bench.py")
     request = BuildRequest(
         model=args.model, target=args.target, input_size=args.input_size, batch=args.batch,
-        checkpoint=args.checkpoint, frontend=args.frontend, output=args.output,
+        checkpoint=args.checkpoint, resize_kernels=args.resize_kernels, onnx=args.onnx,
+        frontend=args.frontend, output=args.output,
         cuda_arch=args.cuda_arch, mcpu=args.mcpu, verify=not args.no_verify,
         custom_op=not args.no_custom_op, oversized_algo=args.oversized_algo,
         tvm_default=args.tvm_default_schedules, tuning_log=args.tuning_log, exact_math=args.exact_math,

@@ -24,9 +24,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="x86", help=f"one of {', '.join(TARGET_NAMES)} (default x86)")
     parser.add_argument("--model", default="t", help=f"variant: {', '.join(VARIANTS)} (default t)")
-    parser.add_argument("--input-size", default="224", help="224, or HxW such as 224x320; multiples of 32")
+    parser.add_argument("--input-size", default="224",
+                        help="224, or HxW such as 200 or 240x320 (any size the official model runs)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--checkpoint", help="official/timm-style state dict (.pth); random weights if omitted")
+    parser.add_argument("--onnx", metavar="FILE.onnx",
+                        help="tune and build your ONNX export of ParCNetV2 instead (its input size)")
+    parser.add_argument("--resize-kernels", action="store_true",
+                        help="resize the oversized kernels to 2H-1 for the input size (the paper, Sec. 3.1) "
+                             "instead of the official model's fixed 111/55/27/13")
     budget = parser.add_argument_group("budget (defaults: 8 trials per task per round, 4 rounds, 30 min cap)")
     budget.add_argument("--trials", type=int, help="total trials (default 32 x number of tasks)")
     budget.add_argument("--trials-per-task", type=int,
@@ -57,7 +63,8 @@ def main(argv=None):
     args = parse_args(argv)
     request = TuneRequest(
         model=args.model, target=args.target, input_size=args.input_size, batch=args.batch,
-        checkpoint=args.checkpoint, trials=args.trials, trials_per_task=args.trials_per_task,
+        checkpoint=args.checkpoint, resize_kernels=args.resize_kernels, onnx=args.onnx,
+        trials=args.trials, trials_per_task=args.trials_per_task,
         trials_per_iter=args.trials_per_iter, time_budget=args.time_budget, work_dir=args.work_dir,
         warm_start=tuple(args.warm_start), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc=args.rpc,
         emulate=args.emulate, output=args.output, only=tuple(args.only), mcpu=args.mcpu,

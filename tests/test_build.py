@@ -125,7 +125,8 @@ def test_cuda_build_without_gpu_has_a_threaded_kernel_per_op(tmp_path, arch, siz
 @pytest.mark.parametrize("args, message", [
     (["--model", "q"], "unknown model 'q'"),
     (["--target", "riscv"], "unknown target 'riscv'"),
-    (["--input-size", "100"], "not divisible by 32"),
+    (["--input-size", "2"], "too small"),
+    (["--onnx", "missing.onnx"], "does not exist"),
     (["--checkpoint", "missing.pth"], "does not exist"),
 ])
 def test_build_script_bad_input_gives_one_clear_error(args, message, tmp_path):
@@ -134,6 +135,20 @@ def test_build_script_bad_input_gives_one_clear_error(args, message, tmp_path):
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "x.so").exists()
+
+
+@pytest.mark.parametrize("size, resize", [("100x76", False), ("72", True)])
+def test_any_size_the_official_model_runs_builds_and_verifies(size, resize, tmp_path):
+    """Sizes that are not multiples of 32 (downsampling rounds as the official convs do), with
+    the official kernel lengths (default) or the paper's resized ones."""
+    out = tmp_path / "any.so"
+    done = run_script("build.py", "--model", "xt", "--input-size", size, *(["--resize-kernels"] if resize else []),
+                      "-o", out)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["verification"]["status"] == "passed" and manifest["resize_kernels"] is resize
+    assert manifest["graph_passes"]["oversized_pairs"] == 17
+    assert verify_library(out)["status"] == "passed"  # the manifest rebuilds the same model
 
 
 def test_build_script_rejects_checkpoint_with_wrong_keys(tmp_path):

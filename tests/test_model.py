@@ -3,9 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from official_reference import official_xt
 from support import random_state
 
 from parcnet_tvm import ParcnetError, create_model, load_checkpoint, parse_input_size
+from parcnet_tvm.model import draw_verification_weights, stage_map_sizes
 
 # From the official implementation (shared/notes/parcnetv2-architecture.md).
 OFFICIAL = {
@@ -70,15 +72,57 @@ def test_aliases_and_unknown_name():
         create_model("q")
 
 
-def test_input_size_parsing_and_divisibility():
+def test_input_sizes_are_those_the_official_model_runs():
     assert parse_input_size(224) == (224, 224)
-    assert parse_input_size("224x320") == (224, 320)
-    assert parse_input_size((160, 256)) == (160, 256)
-    for bad in (100, "224x300", 0):
-        with pytest.raises(ParcnetError, match="divisible by 32"):
+    assert parse_input_size("240x320") == (240, 320)
+    assert parse_input_size((200, 100)) == (200, 100)
+    assert parse_input_size(3) == (3, 3)  # the stem's smallest input
+    for bad in (2, 0, "-64x-64", "224x1"):
+        with pytest.raises(ParcnetError, match="too small.*at least 3 pixels"):
             parse_input_size(bad)
     with pytest.raises(ParcnetError, match="not a number"):
         parse_input_size("big")
+
+
+@pytest.mark.parametrize("size", [(200, 200), (240, 320), (97, 31)])
+def test_stage_maps_round_as_the_official_downsampling_does(size):
+    reference = official_xt()
+    maps, x = [], torch.zeros(1, 3, *size)
+    with torch.no_grad():
+        for down in reference.downsample_layers:
+            x = down(x)
+            maps.append(tuple(x.shape[1:3]))
+    assert stage_map_sizes(size) == maps
+    assert stage_map_sizes((200, 200)) == [(50, 50), (25, 25), (13, 13), (7, 7)]
+
+
+@pytest.mark.parametrize("size", [192, 200, 256, 320, (240, 320)])
+def test_default_model_is_the_official_model_at_every_size(size):
+    """Same state dict, any input size: our default model gives the official model's logits
+    (kernels 111/55/27/13 with padding k//2), which resizing the kernels does not."""
+    state = draw_verification_weights(create_model("xt", 224), 0).state_dict()
+    reference = official_xt(state)
+    model = create_model("xt", size)
+    model.load_state_dict(state)
+    height, width = (size, size) if isinstance(size, int) else size
+    x = torch.randn(1, 3, height, width)
+    with torch.no_grad():
+        expected = reference(x)
+        assert (model(x) - expected).abs().max() <= 1e-4
+        resized = create_model("xt", size, resize_kernels=True)
+        resized.load_state_dict(state)
+        assert (resized(x) - expected).abs().max() > 1e-3
+
+
+def test_both_kernel_modes_are_the_official_model_at_224():
+    state = draw_verification_weights(create_model("xt", 224), 0).state_dict()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = official_xt(state)(x)
+        for resize in (False, True):
+            model = create_model("xt", 224, resize_kernels=resize)
+            model.load_state_dict(state)
+            assert (model(x) - expected).abs().max() <= 1e-4
 
 
 def test_224_keeps_kernels_as_they_are():
@@ -92,14 +136,15 @@ def test_224_keeps_kernels_as_they_are():
 
 
 @pytest.mark.parametrize("size", [160, 256, (224, 320)])
-def test_other_sizes_resize_224_kernels(size, tmp_path):
-    """A 224 checkpoint in a model for another size: each kernel is the bilinear (align_corners)
-    resize to 2H-1 / 2W-1 taps, and the oversized conv equals a plain F.conv2d reference."""
+def test_resize_kernels_resizes_224_kernels(size, tmp_path):
+    """--resize-kernels (the paper, Sec. 3.1): a 224 checkpoint in a model for another size has
+    each kernel bilinearly (align_corners) resized to 2H-1 / 2W-1 taps, and the oversized conv
+    equals a plain F.conv2d reference."""
     reference = create_model("xt", 224)
     state = random_state(reference)
     path = tmp_path / "ckpt224.pth"
     torch.save(state, path)
-    model = load_checkpoint(create_model("xt", size), path)
+    model = load_checkpoint(create_model("xt", size, resize_kernels=True), path)
     height, width = (size, size) if isinstance(size, int) else size
     for stage, stride in enumerate((4, 8, 16, 32)):
         h, w = height // stride, width // stride
@@ -117,9 +162,10 @@ def test_other_sizes_resize_224_kernels(size, tmp_path):
         assert model(torch.randn(1, 3, height, width)).shape == (1, 1000)
 
 
-def test_fresh_model_at_other_size_uses_resized_224_init():
+def test_fresh_model_at_other_size_keeps_official_kernels_unless_resized():
     torch.manual_seed(3)
-    model = create_model("xt", 160)
-    conv = model.stages[0][0].token_mixer.dwconv1.conv_h
+    conv = create_model("xt", 160).stages[0][0].token_mixer.dwconv1.conv_h
+    assert conv.weight.shape == (48, 1, 111, 1) and conv.padding == (55, 0)
+    conv = create_model("xt", 160, resize_kernels=True).stages[0][0].token_mixer.dwconv1.conv_h
     assert conv.weight.shape == (48, 1, 79, 1) and conv.padding == (39, 0)
     assert 0.0 < conv.weight.std() < 0.05  # trunc_normal(0.02) kernels, resized

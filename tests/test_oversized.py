@@ -15,6 +15,7 @@ from parcnet_tvm.bench_op import conv_pair_module, stage_shapes
 from parcnet_tvm.oversized import (
     TOEPLITZ_MAX_BYTES,
     choose_algo,
+    kernel_over_map,
     oversized_conv,
     reference,
     weight_constants,
@@ -72,6 +73,37 @@ def test_stage_shapes_match_pytorch(channels, height, width, algo):
 def test_odd_shapes_match_pytorch(channels, height, width, algo):
     x, wh, ww = _case(channels, height, width, seed=1)
     assert np.abs(_run_pair(x, wh, ww, algo) - _pytorch_pair(x, wh, ww)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("algo", ["direct", "toeplitz"])
+@pytest.mark.parametrize("channels, height, width, length_h, length_w", [
+    (8, 14, 10, 27, 27),     # kernels longer than 2H-1 (the official 27 on a smaller map)
+    (6, 20, 30, 13, 13),     # shorter than 2H-1 (the official 13 on a larger map)
+    (5, 7, 12, 111, 55),     # far longer, and different per axis
+    (4, 9, 9, 17, 17),       # exactly 2H-1
+])
+def test_any_odd_kernel_length_runs_on_our_op_with_the_official_padding(channels, height, width,
+                                                                         length_h, length_w, algo):
+    """Reference: F.conv2d with padding K//2, as the official OversizeConv2d runs it."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, channels, height, width), dtype=np.float32)
+    wh = (0.1 * rng.standard_normal((channels, 1, length_h, 1))).astype(np.float32)
+    ww = (0.1 * rng.standard_normal((channels, 1, 1, length_w))).astype(np.float32)
+    mod, replaced, _ = rewrite_oversized_convs(conv_pair_module(wh, ww, x.shape), algo)
+    assert replaced == 1
+    with torch.no_grad():
+        y = F.conv2d(torch.from_numpy(x), torch.from_numpy(wh), padding=(length_h // 2, 0), groups=channels)
+        expected = F.conv2d(y, torch.from_numpy(ww), padding=(0, length_w // 2), groups=channels).numpy()
+    assert np.abs(_run_pair(x, wh, ww, algo) - expected).max() <= 1e-4
+
+
+def test_kernel_over_map_places_taps_around_the_centre():
+    kernel = np.arange(1, 8, dtype=np.float32).reshape(1, 7)  # 7 taps, centre 4
+    assert kernel_over_map(kernel, 2).tolist() == [[3, 4, 5]]  # 2H-1 = 3: the centre three
+    assert kernel_over_map(kernel, 4).tolist() == [[1, 2, 3, 4, 5, 6, 7]]
+    assert kernel_over_map(kernel, 5).tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 0]]
+    with pytest.raises(ParcnetError, match="even length 6"):
+        kernel_over_map(kernel[:, :6], 4)
 
 
 def _te_func(channels, height, width, algo, passes):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tvm
 from support import SMALL, slow
+from tvm import relax
 
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.frontend import import_model
@@ -47,15 +48,27 @@ def test_one_pair_per_block_and_nothing_else(name, frontend):
     assert after == before  # every other op is still there, untouched
 
 
-def test_rewrite_skips_convs_that_are_not_oversized():
-    from parcnet_tvm.bench_op import conv_pair_module
+def _pair(weight_h, weight_w, shape, padding_h, padding_w):
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            y = builder.emit(relax.op.nn.conv2d(x, relax.const(weight_h), padding=padding_h, groups=shape[1]))
+            z = builder.emit_output(relax.op.nn.conv2d(y, relax.const(weight_w), padding=padding_w, groups=shape[1]))
+        builder.emit_func_output(z)
+    return builder.get()
 
+
+def test_rewrite_takes_any_odd_length_padded_to_keep_the_map_and_nothing_else():
     channels, height, width = 8, 6, 6
-    too_short = np.zeros((channels, 1, 2 * height - 3, 1), np.float32)  # 9 taps over 6 rows
+    shape = (1, channels, height, width)
+    taps9 = np.zeros((channels, 1, 9, 1), np.float32)  # the official lengths are not 2H-1 off 224
     ww = np.zeros((channels, 1, 1, 2 * width - 1), np.float32)
-    mod = conv_pair_module(too_short, ww, (1, channels, height, width))
-    _, replaced, _ = rewrite_oversized_convs(mod)
-    assert replaced == 0
+    assert rewrite_oversized_convs(_pair(taps9, ww, shape, [4, 0], [0, width - 1]))[1] == 1
+    # padding that changes the map's size, and even lengths, stay TVM convs
+    assert rewrite_oversized_convs(_pair(taps9, ww, shape, [5, 0], [0, width - 1]))[1] == 0
+    taps8 = np.zeros((channels, 1, 8, 1), np.float32)
+    assert rewrite_oversized_convs(_pair(taps8, ww, shape, [4, 0], [0, width - 1]))[1] == 0
 
 
 @pytest.mark.parametrize("name", ["xt", pytest.param("t", marks=slow)])

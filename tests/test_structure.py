@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # from a layer above (deferred imports inside functions included).
 LAYERS = [
     ("descriptions", {"errors", "targets", "graph", "manifest", "fast_math", "tables"}),
-    ("model and weights", {"model", "checkpoint", "weights"}),
+    ("model and weights", {"model", "checkpoint", "weights", "onnx_file"}),
     ("our ops", {"oversized"}),
     ("graph passes", {"frontend", "rewrite", "layout", "norm"}),
     ("schedules", {"schedules"}),

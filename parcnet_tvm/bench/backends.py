@@ -29,7 +29,7 @@ def missing_backend(backend: str, target: str = "x86") -> str | None:
         try:
             import onnxruntime
         except ImportError:
-            return "onnxruntime is not installed (pip install -e '.[bench]')"
+            return "onnxruntime is not installed (pip install onnxruntime)"
     if backend == "torch-compile":
         import shutil
 

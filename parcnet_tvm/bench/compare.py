@@ -29,6 +29,7 @@ def compare_with_pytorch(library, manifest: dict, repeat: int = 10, baselines=()
             raise ParcnetError(f"{baseline} was built for another model, input or target than {library}")
         libraries.append((baseline, other))
     common = {"model": manifest["model"], "checkpoint": manifest["weights"].get("checkpoint"),
+              "resize_kernels": manifest.get("resize_kernels", False),
               "batch": manifest["input_shape"][0], "input_size": manifest["input_size"],
               "target": named_target.name, "threads": host_cores(), "repeat": repeat, "max_seconds": 60}
     rows = [dict(backend="pytorch-eager", library=None, **_run_worker({**common, "backend": "pytorch-eager"}))]

@@ -52,7 +52,8 @@ def worker(spec: dict) -> dict:
     baseline = memory_now()
     sync = None
     if backend in ("pytorch-eager", "torch-compile"):
-        model = prepare_model(spec["model"], spec["input_size"], spec.get("checkpoint"))
+        model = prepare_model(spec["model"], spec["input_size"], spec.get("checkpoint"),
+                              spec.get("resize_kernels", False))
         x_torch = torch.from_numpy(x)
         if cuda:
             model, x_torch, sync = model.cuda(), x_torch.cuda(), torch.cuda.synchronize
