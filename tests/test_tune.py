@@ -135,6 +135,27 @@ def test_warm_start_reuses_tuned_tasks_without_new_trials(tiny_run, fused_xt, tm
     assert len(record_lines(tmp_path / "log")) >= summary.records_copied > 0
 
 
+def test_onnx_export_tunes_the_same_tasks_and_builds_against_onnxruntime(tiny_run, tmp_path):
+    """tune.py --onnx on the official repo's kind of export: its tasks are the torch import's
+    (warm-started from the torch run's log, the tuned ones cost no trials), and the library
+    is verified against onnxruntime on the file."""
+    from official_reference import export_like_official, official_xt
+
+    from parcnet_tvm.weights import prepare_model
+
+    onnx_file = tmp_path / "official_xt.onnx"
+    export_like_official(official_xt(prepare_model("xt", SMALL).state_dict()), (SMALL, SMALL), onnx_file)
+    done = run_script("tune.py", "--target", "x86", "--onnx", onnx_file, "--only", *ONLY, "--trials", 8,
+                      "--trials-per-iter", 2, "--warm-start", tiny_run[0] / "log", "--work-dir", tmp_path / "log",
+                      "-o", tmp_path / "xt.so")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "compares with PyTorch eager, which an --onnx build does not have" in done.stdout
+    manifest = manifest_io.read(tmp_path / "xt.so")
+    assert manifest["verification"]["status"] == "passed"
+    assert manifest["verification"]["reference"].startswith("onnxruntime")
+    assert manifest["tuning_database"]["kernels_from_database"] >= 2
+
+
 @slow  # warm starts stay in the default run (test_warm_start_reuses_tuned_tasks_without_new_trials)
 def test_s_warm_started_from_t_needs_no_trials_and_its_library_verifies(tmp_path):
     """T's records name T's blocks: copied to S's log they must keep T's workload, or
