@@ -169,7 +169,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
     manifest_io.write(output, manifest)
     result = manifest["verification"]
     if result["status"] == "passed":
-        log(f"[4/4] verified against {result['reference'].split(' fp32')[0]}: max abs error {result['max_abs_error']:.2e} <= {result['tolerance']:g}")
+        log(f"[4/4] verified against {result['reference'].split()[0]}: max abs error {result['max_abs_error']:.2e} <= {result['tolerance']:g}")
     else:
         log(f"[4/4] verification {result['status']}" + (f": {result['reason']}" if "reason" in result else ""))
     raise_on_failure(result, output)
