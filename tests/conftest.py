@@ -61,3 +61,16 @@ def tiny_run(tmp_path_factory):
                       "--work-dir", out / "log", "-o", out / "xt.so")
     assert done.returncode == 0, done.stdout + done.stderr
     return out, done
+
+
+@pytest.fixture(scope="session")
+def official_export(tmp_path_factory):
+    """XT exported as the official repo's torch2onnx.py does (TorchScript, dynamic batch axis),
+    from the official forward pass (chunk(2), fixed kernel lengths, clamp_min)."""
+    from official_reference import export_like_official, official_xt
+
+    from parcnet_tvm.weights import prepare_model
+
+    path = tmp_path_factory.mktemp("onnx") / "official_xt.onnx"
+    export_like_official(official_xt(prepare_model("xt", SMALL).state_dict()), (SMALL, SMALL), path)
+    return path

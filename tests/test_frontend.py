@@ -2,12 +2,9 @@
 PyTorch, and get the same graph passes."""
 
 import numpy as np
-import pytest
 import tvm
-from official_reference import export_like_official, official_xt
 from support import SMALL, slow
 
-from parcnet_tvm import ParcnetError
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.frontend import (
     clip_to_max_min,
@@ -53,25 +50,6 @@ def test_torch_and_onnx_imports_agree_with_pytorch():
     assert np.abs(outputs["torch"] - outputs["onnx"]).max() <= 1e-4
 
 
-@pytest.fixture(scope="module")
-def official_export(tmp_path_factory):
-    """XT exported as the official repo's torch2onnx.py does (TorchScript, dynamic batch axis),
-    from the official forward pass (chunk(2), fixed kernel lengths, clamp_min)."""
-    path = tmp_path_factory.mktemp("onnx") / "official_xt.onnx"
-    export_like_official(official_xt(prepare_model("xt", SMALL).state_dict()), (SMALL, SMALL), path)
-    return path
-
-
-def test_official_export_needs_its_shape_arithmetic_folded(official_export):
-    import onnx
-
-    ops = {node.op_type for node in onnx.load(str(official_export)).graph.node}
-    assert {"Shape", "Gather"} <= ops  # chunk(2) on a dynamic batch: split points computed at run time
-    folded = load_onnx_file(official_export, batch=2)
-    assert folded.input_shape == (2, 3, SMALL, SMALL)
-    assert not {"Shape", "Gather"} & {node.op_type for node in folded.proto.graph.node}
-
-
 def test_official_export_builds_on_our_op_and_matches_onnxruntime(official_export, tmp_path):
     manifest = build_library(BuildRequest(onnx=str(official_export), batch=2, output=str(tmp_path / "xt.so")),
                              log=lambda *_: None)
@@ -94,11 +72,3 @@ def test_onnx_and_torch_imports_get_the_same_graph_passes(official_export):
     assert from_torch["oversized_pairs"] == 17 and from_torch["layer_norms_fused"] == 38
 
 
-def test_onnx_file_problems_get_one_clear_error(official_export, tmp_path):
-    with pytest.raises(ParcnetError, match="does not exist"):
-        load_onnx_file(tmp_path / "missing.onnx")
-    (tmp_path / "text.onnx").write_text("not a model")
-    with pytest.raises(ParcnetError, match="cannot be read as an ONNX model"):
-        load_onnx_file(tmp_path / "text.onnx")
-    with pytest.raises(ParcnetError, match="drop --checkpoint"):
-        build_library(BuildRequest(onnx=str(official_export), checkpoint="x.pth"))
