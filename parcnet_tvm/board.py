@@ -76,6 +76,38 @@ def connect(tracker: str | None = None, key: str | None = None, direct: str | No
     raise RuntimeError(f"board unreachable through RPC ({where}) after {attempts} attempts: {error}")
 
 
+def check_reachable(rpc_tracker: str | None, rpc_key: str | None, rpc: str | None, timeout: float = 5) -> None:
+    """One connection attempt to the board (or its tracker) before any expensive work: a wrong
+    address is one clear error within seconds, not a tuning budget spent on failed trials."""
+    from tvm import rpc as tvm_rpc
+
+    host, port = parse_host_port(rpc or rpc_tracker, "--rpc" if rpc else "--rpc-tracker")
+    what = f"the board's RPC server at {host}:{port}" if rpc else f"the RPC tracker at {host}:{port}"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ParcnetError(f"cannot reach {what} ({exc.strerror or exc}): check the address, and that "
+                           + ("parcnet_rpc_server runs there" if rpc else "the tracker runs there")) from None
+    try:
+        if rpc:
+            tvm_rpc.connect(host, port, session_timeout=int(timeout) + 5)
+            return
+        summary = tvm_rpc.connect_tracker(host, port).summary()
+    except Exception as exc:  # TVM's RPC errors come as several types
+        raise ParcnetError(f"{what} accepts connections but does not answer as TVM RPC ({last_words(exc)}): "
+                           "check the address") from None
+    keys = [str(k) for k in summary.get("queue_info", {})]
+    if rpc_key not in keys:
+        raise ParcnetError(f"no board is registered under key {rpc_key!r} at {what} (keys there: "
+                           f"{', '.join(keys) or 'none'}): start parcnet_rpc_server --tracker {host}:{port} "
+                           f"--key {rpc_key} on the board, or fix --rpc-key")
+
+
+def last_words(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -3,6 +3,7 @@ target -> manifest + verification."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from .errors import ParcnetError
 from .fast_math import uses_fast_erf
 from .frontend import import_model, import_onnx_file
 from .model import parse_input_size, variant_key
+from .onnx_file import load_onnx_file
 from .oversized import check_algo
 from .pipeline import (
     PipelineOptions,
@@ -23,9 +25,8 @@ from .pipeline import (
     uses_cuda_graph,
 )
 from .targets import get_target
-from .tuning_log import database_summary
+from .tuning_log import database_summary, require_log
 from .verify import raise_on_failure, verify_against
-from .onnx_file import load_onnx_file
 from .weights import WEIGHT_SEED, prepare_model
 
 
@@ -47,6 +48,7 @@ class BuildRequest:
     oversized_algo: str = "auto"  # auto | direct | toeplitz
     tvm_default: bool = False     # TVM's default build of everything: the untuned baseline
     tuning_log: object = None     # a tuning log dir (or a list of them) to apply
+    logs_must_apply: bool = True  # a log that gives no kernel its schedule is an error
     exact_math: bool = False      # keep libm erf in GELU instead of the fast polynomial
     cuda_graph: bool = True       # CUDA: replay the kernels from a CUDA graph (pipeline.uses_cuda_graph)
 
@@ -89,6 +91,14 @@ def build_library(request: BuildRequest, log=print) -> dict:
         raise ParcnetError(f"batch {request.batch} must be >= 1")
     check_onnx_request(request.onnx, request.checkpoint, request.resize_kernels)
     output = request.output_path()
+    manifest_io.check_output(output)
+    # everything that can be checked before the import and the compile
+    check_algo(request.oversized_algo)
+    tuning_logs = request.tuning_logs()
+    if tuning_logs and request.tvm_default:
+        raise ParcnetError("a tuning log applies to our pipeline, not to --tvm-default-schedules: drop one of them")
+    for log_dir in tuning_logs:
+        require_log(log_dir)
     input_shape = (request.batch, 3, *input_size)
     log(f"target: {named_target.description}")
 
@@ -105,10 +115,6 @@ def build_library(request: BuildRequest, log=print) -> dict:
     imported = time.perf_counter()
     log(f"[2/4] imported through {frontend} in {imported - started:.1f} s")
 
-    check_algo(request.oversized_algo)  # before the compile, not in the middle of it
-    tuning_logs = request.tuning_logs()
-    if tuning_logs and request.tvm_default:
-        raise ParcnetError("a tuning log applies to our pipeline, not to --tvm-default-schedules")
     options = request.pipeline_options()
     prepared = prepare(mod, named_target, options, log)
     done = report(prepared)
@@ -119,10 +125,17 @@ def build_library(request: BuildRequest, log=print) -> dict:
     if tuning_logs:
         log(f"      tuning log: {done['kernels_from_database']} of {done['kernels']} kernels from the database, "
             f"{done['kernels'] - done['kernels_from_database']} from our hand rules")
+        if request.logs_must_apply and not done["kernels_from_database"]:
+            raise ParcnetError(f"tuning log {', '.join(map(str, tuning_logs))} has no record for any kernel of this "
+                               "build: it was tuned for another model, input size or batch; tune this one "
+                               "(scripts/tune.py) or drop --tuning-log")
     executable = compile_prepared(prepared, named_target, options)
-    named_target.export_library(executable, output)
+    # Written beside the output under another name, and renamed into place only once it has
+    # verified: a failed build leaves whatever was at `output` untouched.
+    partial = manifest_io.partial_path(output)
+    named_target.export_library(executable, partial)
     compiled = time.perf_counter()
-    log(f"[3/4] compiled and exported {output} in {compiled - imported:.1f} s")
+    log(f"[3/4] compiled and exported in {compiled - imported:.1f} s")
 
     manifest = {
         "library": output.name,
@@ -160,17 +173,24 @@ def build_library(request: BuildRequest, log=print) -> dict:
             "sha256": manifest_io.sha256(request.checkpoint) if request.checkpoint else None,
             "seed": None if request.checkpoint else WEIGHT_SEED,
         },
-        "sha256": manifest_io.sha256(output),
+        "sha256": manifest_io.sha256(partial),
         "build_seconds": round(compiled - started, 1),
         "verification": {"status": "not run"},
     }
-    if request.verify:
-        manifest["verification"] = verify_against(model, output, named_target, input_shape)
+    try:
+        if request.verify:
+            manifest["verification"] = verify_against(model, partial, named_target, input_shape)
+        result = manifest["verification"]
+        if result["status"] == "passed":
+            log(f"[4/4] verified against {result['reference'].split()[0]}: max abs error "
+                f"{result['max_abs_error']:.2e} <= {result['tolerance']:g}")
+        else:
+            log(f"[4/4] verification {result['status']}" + (f": {result['reason']}" if "reason" in result else ""))
+        raise_on_failure(result, output, kept_note=f" (nothing written: {output} is as it was)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, output)
     manifest_io.write(output, manifest)
-    result = manifest["verification"]
-    if result["status"] == "passed":
-        log(f"[4/4] verified against {result['reference'].split()[0]}: max abs error {result['max_abs_error']:.2e} <= {result['tolerance']:g}")
-    else:
-        log(f"[4/4] verification {result['status']}" + (f": {result['reason']}" if "reason" in result else ""))
-    raise_on_failure(result, output)
+    log(f"      {output} and its manifest {manifest_io.path_for(output).name}")
     return manifest

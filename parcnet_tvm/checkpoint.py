@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -11,6 +14,38 @@ from .errors import ParcnetError
 
 NESTED_KEYS = ("model", "state_dict")
 MAX_LISTED = 8
+# What training scripts save beside the weights (timm: the argparse Namespace of the run, metrics
+# as NumPy scalars), allowed by name for torch.load(weights_only=True): never weights_only=False,
+# which would run whatever code a file names.
+_SCALAR = np._core.multiarray.scalar
+SAFE_GLOBALS = [argparse.Namespace, np.dtype, _SCALAR, (_SCALAR, "numpy.core.multiarray.scalar"),
+                *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool"))]
+PICKLE_PROTOCOL_2_PLUS = b"\x80"  # torch.save's legacy (non-zip) format starts with a pickle
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why `path` is plainly not a torch.save file (empty, text, another format), or None."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ParcnetError(f"checkpoint {path} is empty (0 bytes): give the .pth/.pt file torch.save wrote")
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(PICKLE_PROTOCOL_2_PLUS):
+        return None
+    shown = head.decode("ascii", errors="replace").split("\n")[0][:12]
+    kind = "a text file" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not a PyTorch file"
+    return f"checkpoint {path} is {kind} (it starts with {shown!r}), not what torch.save writes"
+
+
+def check_finite(state_dict: dict, path) -> None:
+    """Refuse weights holding NaN or Inf before anything is built from them."""
+    bad = [key for key, value in state_dict.items()
+           if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise ParcnetError(_listing(f"checkpoint {path} holds NaN or Inf in", bad)
+                           + ": these weights cannot give meaningful outputs; give a checkpoint from a healthy run")
 
 
 def _unwrap(checkpoint) -> dict:
@@ -69,14 +104,21 @@ def load_checkpoint(model: nn.Module, path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise ParcnetError(f"checkpoint {path} does not exist")
+    reason = _not_a_checkpoint(path)
+    if reason:
+        raise ParcnetError(reason)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for unreadable files
-        raise ParcnetError(f"checkpoint {path} cannot be read as a PyTorch file: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ParcnetError(f"checkpoint {path} cannot be loaded safely ({first[:300]}); save the state dict "
+                           "alone: torch.save(model.state_dict(), PATH)") from None
     state_dict = _unwrap(checkpoint)
     # DataParallel / DDP checkpoints prefix every key with 'module.'.
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
     check_state_dict(model, state_dict)
+    check_finite(state_dict, path)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()

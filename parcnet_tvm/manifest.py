@@ -44,14 +44,72 @@ def pipeline_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+# What every reader of a manifest needs; anything else is optional.
+REQUIRED_KEYS = ("library", "model", "input_shape", "input_size", "target_name", "target", "sha256", "weights")
+
+
 def read(library) -> dict:
+    library = Path(library)
     path = path_for(library)
+    if not library.is_file():
+        raise ParcnetError(f"library {library} does not exist: build it with scripts/build.py")
     if not path.is_file():
         raise ParcnetError(f"no manifest {path} beside {library}: build the library with scripts/build.py")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ParcnetError(f"manifest {path} is not valid JSON ({exc}); rebuild the library") from None
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ParcnetError(f"manifest {path} is not valid JSON ({exc}): rebuild the library") from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise ParcnetError(f"manifest {path} lacks {', '.join(missing)}: it was edited or not written by "
+                           "scripts/build.py; rebuild the library")
+    return manifest
+
+
+def is_ours(path) -> bool:
+    """Whether `path` holds a manifest this pipeline wrote (so it may be replaced)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "pipeline" in data and "library" in data
+
+
+def check_writable_folder(folder, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be created or written (a file in the way,
+    no permission)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ParcnetError(f"cannot write {what} into {folder}: {existing} is a file, not a folder; "
+                           "choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ParcnetError(f"cannot write {what} into {folder}: {existing} is not writable; choose another path")
+
+
+def check_output(library) -> None:
+    """An output library path we may write: not a manifest's name, not a folder, in a writable
+    folder, and with no foreign file where its manifest goes."""
+    library = Path(library)
+    if library.suffix == ".json":
+        raise ParcnetError(f"-o {library} names a manifest: give the library's path (e.g. "
+                           f"{library.with_suffix('.so')}); its manifest is written beside it")
+    if library.is_dir():
+        raise ParcnetError(f"-o {library} is a folder: give the library's file path (e.g. {library}/model.so)")
+    check_writable_folder(library.parent, "the library")
+    manifest = path_for(library)
+    if manifest.exists() and not is_ours(manifest):
+        raise ParcnetError(f"{manifest} exists and is not a manifest of ours: refusing to overwrite it; "
+                           "choose another -o")
+
+
+def partial_path(path) -> Path:
+    """Where an artifact is written before it is checked and renamed into place (same folder,
+    same suffix: the linker and loaders go by it)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
 def write(library, manifest: dict) -> Path:

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import board
+from . import manifest as manifest_io
 from .bench.compare import compare_with_pytorch, format_latency_table
 from .build import BuildRequest, build_library, check_onnx_request
 from .errors import ParcnetError
 from .frontend import import_model, import_onnx_file
 from .model import parse_input_size, variant_key
+from .onnx_file import load_onnx_file
 from .pipeline import PipelineOptions, fused_module
 from .runtime import why_not_runnable
 from .targets import NamedTarget, get_target, local_cuda_arch
@@ -37,7 +39,6 @@ from .tuning.budget import default_budget
 from .tuning.measurement import local_measurement, rpc_measurement
 from .tuning.tasks import extract_tasks, tune_fused_module
 from .tuning_log import default_work_dir, has_log
-from .onnx_file import load_onnx_file
 from .weights import prepare_model
 
 
@@ -106,6 +107,8 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     named = get_target(request.target, cuda_arch=request.cuda_arch, mcpu=request.mcpu)
     _check_request(request, named)
     named.check_toolchain()
+    if request.rpc or request.rpc_tracker:
+        board.check_reachable(request.rpc_tracker, request.rpc_key, request.rpc)
     check_onnx_request(request.onnx, request.checkpoint, request.resize_kernels)
     onnx_model = load_onnx_file(request.onnx, request.batch) if request.onnx else None
     input_size = onnx_model.input_shape[2:] if onnx_model else parse_input_size(request.input_size)
@@ -113,6 +116,11 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     suffix = "-emulated" if request.emulate else ""
     work_dir = Path(request.work_dir) if request.work_dir else \
         default_work_dir(model_key, named.name + suffix, input_size, request.batch)
+    # where the log and the library go, checked before hours of tuning rather than after
+    manifest_io.check_writable_folder(work_dir, "the tuning log")
+    manifest_io.check_output(BuildRequest(model=request.model, target=named.name, input_size=input_size,
+                                          batch=request.batch, resize_kernels=request.resize_kernels,
+                                          onnx=request.onnx, output=request.output).output_path())
     has_board = bool(request.rpc or request.rpc_tracker or request.emulate)
     will_tune = named.name == "x86" or (named.name == "arm" and has_board) or named.name == "cuda"
     if named.name == "cuda" and not local_cuda_arch():
@@ -139,7 +147,9 @@ def tune_model(request: TuneRequest, log=print) -> dict:
             summary = tune_fused_module(fused, named, work_dir, budget, measurement, request.warm_start,
                                         request.only, request.seed, log, tasks=tasks,
                                         design_space=request.design_space)
-        log(f"[tune] {summary.trials_new} new trials in {summary.seconds / 60:.1f} min ({summary.stopped}); "
+        failed = f", {summary.trials_failed} of them failed ({summary.failure}): their tasks are tuned again " \
+            "by a rerun" if summary.trials_failed else ""
+        log(f"[tune] {summary.trials_new} new trials{failed} in {summary.seconds / 60:.1f} min ({summary.stopped}); "
             f"log: {work_dir}")
 
     logs = [work_dir] if has_log(work_dir) else []
@@ -147,7 +157,7 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     build = BuildRequest(model=request.model, target=named.name, input_size=request.input_size,
                          batch=request.batch, checkpoint=request.checkpoint, resize_kernels=request.resize_kernels,
                          onnx=request.onnx, output=request.output,
-                         cuda_arch=request.cuda_arch, mcpu=request.mcpu, tuning_log=logs,
+                         cuda_arch=request.cuda_arch, mcpu=request.mcpu, tuning_log=logs, logs_must_apply=False,
                          exact_math=request.exact_math)
     manifest = build_library(build, log=log)
     library = build.output_path()

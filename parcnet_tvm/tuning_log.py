@@ -9,8 +9,11 @@ is deleted) and the files are rewritten without it, renumbering the records' wor
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from tvm.s_tir import meta_schedule as ms
@@ -30,6 +33,13 @@ def default_work_dir(model_key: str, target: str, input_size, batch: int = 1) ->
 
 def has_log(work_dir) -> bool:
     return (Path(work_dir) / RECORD_FILE).is_file() and (Path(work_dir) / WORKLOAD_FILE).is_file()
+
+
+def require_log(work_dir) -> None:
+    """A log named to be applied must be there (checked before any import or compile)."""
+    if not has_log(work_dir):
+        raise ParcnetError(f"no tuning log in {work_dir} (expected {WORKLOAD_FILE} and {RECORD_FILE}): "
+                           "give a folder scripts/tune.py wrote, or tune first")
 
 
 def _read_lines(path: Path) -> tuple[list[str], bool]:
@@ -82,6 +92,12 @@ def check_and_repair(work_dir, log=print) -> list[str]:
             line = json.dumps([new_index[obj[0]], obj[1]], separators=(",", ":"))
         kept_rec.append(line)
 
+    for path, lines, kept in ((wl_path, wl_lines, kept_wl), (rec_path, rec_lines, kept_rec)):
+        if lines and not kept:  # not a damaged log but another kind of file: leave it as it is
+            raise ParcnetError(f"{path} is not a MetaSchedule log: none of its {len(lines)} lines is a record "
+                               "(MetaSchedule reads one JSON record per line; a pretty-printed or foreign "
+                               f"file cannot be read): restore the files tune.py wrote, or move {work_dir} away "
+                               "and tune again")
     if problems or not wl_newline or not rec_newline:
         for path, kept, rejected in ((wl_path, kept_wl, rejected_wl), (rec_path, kept_rec, rejected_rec)):
             if rejected:
@@ -110,6 +126,8 @@ def open_database(work_dir, create: bool = False, log=print) -> ms.database.JSON
             raise ParcnetError(f"no tuning log in {work_dir} (expected {WORKLOAD_FILE} and {RECORD_FILE}): "
                                "tune first (scripts/tune.py) or pass the folder tune.py wrote")
         work_dir.mkdir(parents=True, exist_ok=True)
+    if not create and not _writable(work_dir):
+        work_dir = _scratch_copy(work_dir)  # a log we only read need not be writable: repair a copy
     check_and_repair(work_dir, log)
     for attempt in range(2):
         try:
@@ -120,6 +138,19 @@ def open_database(work_dir, create: bool = False, log=print) -> ms.database.JSON
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise ParcnetError(f"tuning log {work_dir} cannot be read by MetaSchedule ({first}); "
                                    f"move it away and tune again") from None
+
+
+def _writable(work_dir: Path) -> bool:
+    return all(os.access(p, os.W_OK) for p in (work_dir, work_dir / WORKLOAD_FILE, work_dir / RECORD_FILE))
+
+
+def _scratch_copy(work_dir: Path) -> Path:
+    """A private copy of a read-only log, removed when the process ends."""
+    scratch = Path(tempfile.mkdtemp(prefix="parcnet-log-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        shutil.copyfile(work_dir / name, scratch / name)
+    return scratch
 
 
 def _set_aside_unloadable(work_dir: Path, log) -> int:
@@ -150,10 +181,22 @@ def _set_aside_unloadable(work_dir: Path, log) -> int:
     return len(rejected)
 
 
+FAILED_RUN_SECONDS = 1e9  # MetaSchedule records a candidate that failed to build or run as 1e10 s
+
+
+def measured(record) -> bool:
+    """Whether a record holds a real measurement (not a failed build or run)."""
+    secs = [float(getattr(s, "value", s)) for s in (record.run_secs or [])]
+    return bool(secs) and max(secs) < FAILED_RUN_SECONDS
+
+
 def record_counts(database, tasks) -> list[int]:
-    """Trials recorded for each task (every measured candidate, failed ones included)."""
+    """Trials measured for each task. Failed trials are kept in the log but do not count: a task
+    whose candidates all failed (a board that went away) is tuned again by the rerun."""
     by_workload: dict[int, int] = {}  # records hold the database's own Workload objects
     for record in database.get_all_tuning_records():
+        if not measured(record):
+            continue
         key = record.workload.__chandle__()
         by_workload[key] = by_workload.get(key, 0) + 1
     counts = []

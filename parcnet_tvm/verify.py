@@ -80,28 +80,47 @@ def verify_against(model, library, named_target, input_shape) -> dict:
         return {"status": "skipped", "reason": reason}
     if named_target.emulated:  # ARM: the board runner under qemu, one call
         x = reference_input(input_shape)
-        result = compare(run_emulated(library, x), reference_output(model, x), reference=reference_name(model))
+        result = compare(_run(lambda: run_emulated(library, x), library, input_shape), reference_output(model, x),
+                         reference=reference_name(model))
         result["ran_on"] = f"qemu-arm -cpu {QEMU_CPU} (emulated board)"
         return result
     # Natively: two calls on one VM with different inputs, so that a library that keeps
     # something of its first call (a CUDA graph that captured an input buffer, say) fails.
     device = named_target.device()
-    vm = load_vm(library, device)
+    vm = _run(lambda: load_vm(library, device), library, input_shape)
     results = []
     for seed in (INPUT_SEED, INPUT_SEED + 1):
         x = reference_input(input_shape, seed)
-        results.append(compare(run_vm(vm, x, device), reference_output(model, x), seed=seed,
-                               reference=reference_name(model)))
+        results.append(compare(_run(lambda x=x: run_vm(vm, x, device), library, input_shape),
+                               reference_output(model, x), seed=seed, reference=reference_name(model)))
     failed = [r for r in results if r["status"] != "passed"]
     worst = failed[0] if failed else max(results, key=lambda r: r["max_abs_error"])
     return dict(worst, calls=len(results))
 
 
-def raise_on_failure(result: dict, library) -> None:
+class LibraryMismatchError(ParcnetError):
+    """The library cannot run as its manifest describes (changed, or another manifest's)."""
+
+
+def _run(call, library, input_shape):
+    """A call into the library; a failure there means the library and what it was given (its
+    manifest's input shape) do not fit, which is not a wrong number."""
+    try:
+        return call()
+    except ParcnetError:
+        raise
+    except Exception as exc:  # TVM and the runner report these as several types
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise LibraryMismatchError(
+            f"{library} cannot run on input {list(input_shape)} ({(lines[-1] if lines else type(exc).__name__)[:200]}): "
+            "the library or its manifest was changed after the build; rebuild it") from None
+
+
+def raise_on_failure(result: dict, library, kept_note: str = "") -> None:
     if result["status"] == "failed":
         detail = result.get("reason") or f"max abs error {result['max_abs_error']:.3g} > {result['tolerance']:g}"
         reference = result.get("reference", "PyTorch").split()[0]  # PyTorch, or onnxruntime
-        raise VerificationError(f"{library} does not match {reference}: {detail}")
+        raise VerificationError(f"{library} does not match {reference}: {detail}{kept_note}")
 
 
 def verify_library(library) -> dict:

@@ -12,7 +12,14 @@ import json
 import platform
 
 from parcnet_tvm import ParcnetError
-from parcnet_tvm.bench_op import IMPLS, TUNED, bench_shape, format_table, stage_shapes, tune_shape
+from parcnet_tvm.bench_op import (
+    IMPLS,
+    TUNED,
+    bench_shape,
+    format_table,
+    stage_shapes,
+    tune_shape,
+)
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.runtime import why_not_runnable
 from parcnet_tvm.targets import cpu_model_name, get_target, host_cores
@@ -45,6 +52,9 @@ def main(argv=None):
                "timed without Python's per-call cost: PyTorch from a CUDA graph, TVM by the VM's C++ timer)")
     print(f"machine: {cpu_model_name()}, {host_cores()} threads, {platform.machine()}; "
           f"target {named_target.description}{gpu}; batch {args.batch}")
+    for flag in ("repeat", "number", "batch"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ParcnetError(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
     if args.tune_trials and not args.tuning_log:
         raise ParcnetError("--tune-trials needs --tuning-log DIR to write the database to")
     impls = list(args.impl) + ([TUNED] if args.tuning_log else [])

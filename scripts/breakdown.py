@@ -12,12 +12,12 @@ up to one row. The PyTorch side is torch.profiler's self CPU time per aten op.
 import argparse
 
 from parcnet_tvm import manifest as manifest_io
-from parcnet_tvm.weights import model_from_manifest
+from parcnet_tvm.breakdown import format_breakdown, profile_library, profile_pytorch
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.errors import ParcnetError
-from parcnet_tvm.breakdown import format_breakdown, profile_library, profile_pytorch
 from parcnet_tvm.runtime import why_not_runnable
 from parcnet_tvm.targets import cpu_model_name, get_target, host_cores
+from parcnet_tvm.weights import model_from_manifest
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@
 
 import argparse
 
+from parcnet_tvm import manifest as manifest_io
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.errors import ParcnetError
@@ -54,6 +55,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.time and args.target == "arm":
+        raise ParcnetError("--time: ARM libraries run here only under emulation, and emulated time is not "
+                           "latency: time it on the board (parcnet_runner LIB.so --input x.raw --repeat 50) or "
+                           "with scripts/bench.py --target arm --rpc BOARD:9090")
+    for baseline in args.baseline:  # before the build, not after it
+        manifest_io.read(baseline)
+    if args.baseline and not args.time:
+        raise ParcnetError("--baseline libraries are timed with --time N: add it, or drop --baseline")
     if args.time and args.onnx:
         raise ParcnetError("--time compares with PyTorch eager, which an --onnx build does not have; "
                            "time the library with scripts/bench.py")

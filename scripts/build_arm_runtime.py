@@ -10,8 +10,8 @@ installs them). The result is cached in build/arm-runtime/<key>/out; a rerun tak
 import argparse
 import time
 
-from parcnet_tvm.runtime import build_runtime
 from parcnet_tvm.cli import run_main
+from parcnet_tvm.runtime import build_runtime
 
 
 def main(argv=None):

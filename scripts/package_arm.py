@@ -11,8 +11,8 @@ under qemu on a fixed input and its top-5 compared with PyTorch's.
 import argparse
 
 from parcnet_tvm.arm_bundle import package
-from parcnet_tvm.runtime import build_runtime
 from parcnet_tvm.cli import run_main
+from parcnet_tvm.runtime import build_runtime
 
 
 def main(argv=None):

@@ -112,3 +112,9 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_loop_never_spills(xt_arm):
                 for loop in loops:
                     spills = [t for t in loop if re.match(r"(v?st|vpush|push)", t) or "[sp" in t]
                     assert not spills, f"{kernel}: the GEMM inner loop spills: {spills}"
+
+
+def test_packaging_a_missing_library_says_so(tmp_path):
+    done = run_script("package_arm.py", tmp_path / "nope.so", "-o", tmp_path / "bundle")
+    assert done.returncode == 2 and f"library {tmp_path / 'nope.so'} does not exist" in done.stderr
+    assert not (tmp_path / "bundle").exists()

@@ -68,3 +68,9 @@ def test_gpu_timing_path_reads_the_vm_timer_in_ms():
     x = tvm.runtime.tensor(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
     ms = _time_tvm(vm, x, tvm.cpu(), gpu=True, repeat=3, number=5)
     assert 0 < ms < 50
+
+
+def test_bench_op_counts_must_be_positive():
+    done = run_script("bench_op.py", "--model", "xt", "--input-size", "64", "--repeat", "0")
+    assert done.returncode == 2 and "--repeat must be >= 1 (got 0)" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -2,13 +2,14 @@
 
 import json
 import re
+import shutil
 import subprocess
 
 import pytest
 import torch
 from support import SMALL, cuda_kernel_limits, needs_arm_toolchain, run_script, slow
 
-from parcnet_tvm import create_model
+from parcnet_tvm import ParcnetError, create_model
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.manifest import sha256
@@ -135,6 +136,64 @@ def test_build_script_bad_input_gives_one_clear_error(args, message, tmp_path):
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.so").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("manifest name", "names a manifest: give the library's path"),
+    ("file in the way", "is a file, not a folder"),
+    ("foreign json", "is not a manifest of ours: refusing to overwrite it"),
+    ("missing log", "no tuning log in"),
+    ("time on arm", "emulated time is not latency"),
+    ("missing baseline", "does not exist"),
+])
+def test_paths_and_options_are_checked_before_any_work(case, message, tmp_path):
+    """Each refused in one line, before the model is even imported ([1/4] never printed), and
+    nothing written: a foreign file where the manifest would go stays as it was."""
+    output = tmp_path / "x.so"
+    extra = []
+    if case == "manifest name":
+        output = tmp_path / "x.json"
+    elif case == "file in the way":
+        (tmp_path / "plain").write_text("a file")
+        output = tmp_path / "plain" / "x.so"
+    elif case == "foreign json":
+        (tmp_path / "x.json").write_text('{"mine": true}\n')
+    elif case == "missing log":
+        extra = ["--tuning-log", tmp_path / "no-log-here"]
+    elif case == "time on arm":
+        extra = ["--target", "arm", "--time", 3]
+    elif case == "missing baseline":
+        extra = ["--time", 3, "--baseline", tmp_path / "old.so"]
+    done = run_script("build.py", "--input-size", SMALL, *extra, "-o", output)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and done.stderr.startswith("error: ")
+    assert "Traceback" not in done.stderr and "[1/4]" not in done.stdout
+    if case == "foreign json":
+        assert (tmp_path / "x.json").read_text() == '{"mine": true}\n' and not output.exists()
+
+
+def test_a_failed_build_leaves_the_library_that_was_there(xt_small_x86, tmp_path, monkeypatch):
+    from parcnet_tvm import build
+
+    good, _ = xt_small_x86
+    output = tmp_path / "xt.so"
+    shutil.copyfile(good, output)
+    shutil.copyfile(good.with_suffix(".json"), output.with_suffix(".json"))
+    before = output.read_bytes(), output.with_suffix(".json").read_bytes()
+    monkeypatch.setattr(build, "verify_against", lambda *_: {
+        "status": "failed", "max_abs_error": 0.5, "tolerance": 1e-4, "reference": "PyTorch eager fp32"})
+    with pytest.raises(ParcnetError, match=f"does not match PyTorch.*nothing written: {output} is as it was"):
+        build_library(BuildRequest(model="xt", input_size=SMALL, output=str(output)), log=lambda *_: None)
+    assert (output.read_bytes(), output.with_suffix(".json").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xt.json", "xt.so"]  # no partial files left
+
+
+def test_a_log_of_another_model_is_an_error_naming_it(tiny_run, tmp_path):
+    log_dir = tiny_run[0] / "log"  # XT at 64: none of its tasks is XT's at 96
+    done = run_script("build.py", "--input-size", 96, "--tuning-log", log_dir, "-o", tmp_path / "x.so")
+    assert done.returncode == 2
+    assert f"tuning log {log_dir} has no record for any kernel of this build" in done.stderr
     assert not (tmp_path / "x.so").exists()
 
 

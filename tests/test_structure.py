@@ -88,6 +88,12 @@ def test_importing_the_package_registers_no_metaschedule_rule():
     assert done.stdout.split() == ["None", "True"]
 
 
+def test_scripts_stay_thin():
+    """scripts/ parse arguments and call the library: at most 100 lines each."""
+    long = {p.name: n for p in sorted((ROOT / "scripts").glob("*.py")) if (n := len(p.read_text().splitlines())) > 100}
+    assert not long, long
+
+
 def test_modules_stay_small():
     long = {str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long

@@ -252,3 +252,16 @@ def test_bad_arguments_get_one_clear_error(args, message):
     done = run_script("tune.py", "--model", "xt", "--compare", "0", *args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_arm_toolchain
+def test_tuning_against_an_unreachable_board_stops_before_any_trial(tmp_path):
+    """A mistyped board address: one error within seconds, no trial, no log, no library."""
+    from parcnet_tvm.board import free_port
+
+    started = time.time()
+    done = run_script("tune.py", "--target", "arm", "--rpc", f"127.0.0.1:{free_port()}", "--model", "xt",
+                      "--input-size", SMALL, "--trials", 8, "--work-dir", tmp_path / "log", "-o", tmp_path / "x.so")
+    assert done.returncode == 2 and "cannot reach the board's RPC server at 127.0.0.1:" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "log").exists() and not (tmp_path / "x.so").exists()
+    assert time.time() - started < 60

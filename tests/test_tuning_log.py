@@ -3,8 +3,10 @@
 import json
 import shutil
 
+import pytest
 from support import record_lines
 
+from parcnet_tvm import ParcnetError
 from parcnet_tvm.tuning_log import RECORD_FILE, WORKLOAD_FILE, open_database
 
 
@@ -40,3 +42,30 @@ def test_corrupt_and_truncated_lines_are_reported_and_set_aside(tiny_run, tmp_pa
     text = "\n".join(messages)
     # the repaired files stay valid for appends: a second open reports nothing
     assert open_database(work, log=messages.append) and len(messages) == len(text.splitlines())
+
+
+def test_a_file_that_is_not_one_record_per_line_is_refused_and_left_as_it_is(tiny_run, tmp_path):
+    """A pretty-printed array of records (valid JSON, wrong layout) is not a damaged log: no
+    line-by-line repair, which would set every line aside and empty the file."""
+    work = tmp_path / "log"
+    shutil.copytree(tiny_run[0] / "log", work)
+    records = [json.loads(line) for line in record_lines(work)]
+    (work / RECORD_FILE).write_text(json.dumps(records, indent=2))
+    before = (work / RECORD_FILE).read_bytes()
+    with pytest.raises(ParcnetError, match="is not a MetaSchedule log: none of its .* lines is a record"):
+        open_database(work)
+    assert (work / RECORD_FILE).read_bytes() == before and not list(work.glob("*.rejected"))
+
+
+def test_a_log_that_cannot_be_written_is_read_without_repairing_it(tiny_run, tmp_path, monkeypatch):
+    from parcnet_tvm import tuning_log
+
+    work = tmp_path / "log"
+    shutil.copytree(tiny_run[0] / "log", work)
+    lines = record_lines(work)
+    (work / RECORD_FILE).write_text("".join(line + "\n" for line in lines) + "garbage ]]\n")
+    before = (work / RECORD_FILE).read_bytes()
+    monkeypatch.setattr(tuning_log, "_writable", lambda _dir: False)  # as for another user's log (we run as root)
+    database = open_database(work, log=lambda *_: None)
+    assert len(database.get_all_tuning_records()) == len(lines)
+    assert (work / RECORD_FILE).read_bytes() == before and not list(work.glob("*.rejected"))

@@ -106,3 +106,22 @@ def test_first_divergence_names_the_wrong_kernel_or_the_overwritten_buffer():
     nan = [call("k0", [a], garbage, np.full(4, np.nan, np.float32)), reference[1]]
     assert first_divergence(nan, reference)["index"] == 0
     assert first_divergence(reference[:1], reference)["cause"] == "different kernels"
+
+
+def test_a_manifest_that_does_not_fit_its_library_is_reported_and_not_rewritten(xt_small_x86, tmp_path):
+    """A hand-edited manifest (another input shape) is not "wrong numbers": verify says the two do
+    not fit, and leaves the manifest as it found it."""
+    library, manifest = xt_small_x86
+    copy = tmp_path / "lib.so"
+    copy.write_bytes(library.read_bytes())
+    edited = {**manifest, "input_shape": [1, 3, 96, 96], "input_size": [96, 96]}
+    (tmp_path / "lib.json").write_text(json.dumps(edited))
+    before = (tmp_path / "lib.json").read_text()
+    done = run_script("verify.py", copy)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "cannot run on input [1, 3, 96, 96]" in done.stderr and "rebuild it" in done.stderr
+    assert (tmp_path / "lib.json").read_text() == before
+    del edited["target_name"]
+    (tmp_path / "lib.json").write_text(json.dumps(edited))
+    done = run_script("verify.py", copy)
+    assert done.returncode == 2 and "lacks target_name" in done.stderr

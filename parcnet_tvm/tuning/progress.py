@@ -16,6 +16,12 @@ def mean_run_seconds(result) -> float:
     return sum(secs) / len(secs)
 
 
+def last_line(error: str) -> str:
+    """The exception of an error message, not its traceback."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return (lines[-1] if lines else error)[:300]
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s"
@@ -35,6 +41,7 @@ class TuningProgress(PyMeasureCallback):
         self.trials = 0
         self.build_errors = 0
         self.run_errors = 0
+        self.failure = ""  # the first failed trial's error, for the summary
         self.best_ms: dict[int, float] = {}
 
     def elapsed(self) -> float:
@@ -48,18 +55,18 @@ class TuningProgress(PyMeasureCallback):
             self.trials += 1
             if built.error_msg:
                 self.build_errors += 1
+                self.failure = self.failure or "build: " + last_line(str(built.error_msg))
             elif ran.error_msg:
                 self.run_errors += 1
                 failed.append(str(ran.error_msg))
+                self.failure = self.failure or "run: " + last_line(str(ran.error_msg))
             else:
                 ms_ = 1e3 * mean_run_seconds(ran)
                 self.best_ms[task_id] = min(self.best_ms.get(task_id, ms_), ms_)
         if failed and len(failed) == len(runner_results):
-            lines = [line.strip() for line in failed[0].splitlines() if line.strip()]
-            reason = (lines[-1] if lines else failed[0])[:300]  # the exception, not the traceback
-            self.log(f"warning: all {len(failed)} trials of this batch failed to run ({reason}); "
-                     "if the board went away, its trials are recorded as failed: stop with Ctrl-C "
-                     "and rerun the same command later to continue")
+            self.log(f"warning: all {len(failed)} trials of this batch failed to run ({last_line(failed[0])}); "
+                     "if the board went away, stop with Ctrl-C and rerun the same command once it is back: "
+                     "failed trials do not count, their tasks are tuned again")
         self.log(self.status_line(task_scheduler))
 
     def status_line(self, task_scheduler) -> str:

@@ -46,6 +46,8 @@ class TuneSummary:
     tuned_now: int = 0
     trials_before: int = 0
     trials_new: int = 0
+    trials_failed: int = 0      # of trials_new: failed to build or run (they do not count as tuned)
+    failure: str = ""           # the first failure's error
     from_warm_start: int = 0
     records_copied: int = 0
     seconds: float = 0.0
@@ -149,6 +151,8 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
         summary.stopped = "time budget"
         log(f"      time budget of {budget.time_budget_min:g} min reached: stopped (every record kept)")
     summary.trials_new = progress.trials
+    summary.trials_failed = progress.build_errors + progress.run_errors
+    summary.failure = progress.failure
     summary.seconds = progress.elapsed()
     summary.best_ms = {selected[i].task_name: ms_ for i, ms_ in progress.best_ms.items()}
     return summary
