@@ -3,12 +3,14 @@ runtime, runner and RPC server (`runtime.py`), and a README for the person with 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from . import manifest as manifest_io
 from .errors import ParcnetError
 from .runtime import LIBRARIES, PROGRAMS, runtime_dir, runtime_is_built
+from .verify import check_bundle_top5
 
 BOARD_README = """# {name}: ParCNetV2 for ARM Cortex-A17 (RK3288), built by parcnet-tvm
 
@@ -45,8 +47,10 @@ The programs find the libraries beside them (RPATH $ORIGIN).
 """
 
 
-def package(library, out_dir, runtime: Path | None = None) -> Path:
-    """Assemble the board bundle: model + manifest + runtime + runner + RPC server + README."""
+def package(library, out_dir, runtime: Path | None = None, check: bool = False) -> tuple[Path, str | None]:
+    """Assemble the board bundle: model + manifest + runtime + runner + RPC server + README.
+    `check`: run the bundle's runner under qemu first (verify.check_bundle_top5); a bundle that
+    fails it does not replace what was at `out_dir`. Returns the bundle and the check's report."""
     library = Path(library)
     info = manifest_io.read(library)
     if info.get("target_name") != "arm":
@@ -55,13 +59,33 @@ def package(library, out_dir, runtime: Path | None = None) -> Path:
     if not runtime_is_built():
         raise ParcnetError("the ARM runtime is not built: run python scripts/build_arm_runtime.py first")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(library, out_dir / library.name)
-    manifest_io.write(out_dir / library.name, info)
-    for name in LIBRARIES + PROGRAMS:
-        shutil.copy2(runtime / name, out_dir / name)
-    _, _, height, width = info["input_shape"]
-    (out_dir / "README.md").write_text(BOARD_README.format(
-        name=out_dir.name, library=library.name, manifest=manifest_io.path_for(library).name,
-        height=height, width=width, shape="x".join(map(str, info["input_shape"]))))
-    return out_dir
+    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or is_bundle(out_dir))):
+        raise ParcnetError(f"{out_dir} exists and is not a bundle of ours: refusing to replace it; choose another -o")
+    manifest_io.check_writable_folder(out_dir.parent, "the bundle")
+    # Assembled in a folder beside it and renamed into place: an interrupted run leaves the
+    # bundle that was there, or the new one, never half of one.
+    partial = manifest_io.partial_path(out_dir)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        shutil.copy2(library, partial / library.name)
+        manifest_io.write(partial / library.name, info)
+        for name in LIBRARIES + PROGRAMS:
+            shutil.copy2(runtime / name, partial / name)
+        _, _, height, width = info["input_shape"]
+        (partial / "README.md").write_text(BOARD_README.format(
+            name=out_dir.name, library=library.name, manifest=manifest_io.path_for(library).name,
+            height=height, width=width, shape="x".join(map(str, info["input_shape"]))))
+        report = check_bundle_top5(partial) if check else None
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(partial, out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out_dir, report
+
+
+def is_bundle(folder: Path) -> bool:
+    """A folder package() made: the runtime files and a manifest of ours."""
+    return all((folder / name).is_file() for name in LIBRARIES + PROGRAMS) and \
+        any(manifest_io.is_ours(p) for p in folder.glob("*.json"))

@@ -22,12 +22,10 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true", help="run the bundle's runner under qemu and compare top-5")
     args = parser.parse_args(argv)
     build_runtime(log=lambda *_: None)
-    out = package(args.library, args.output)
+    out, report = package(args.library, args.output, check=args.check)
+    if report:
+        print(report)
     print(f"bundle written to {out}/")
-    if args.check:
-        from parcnet_tvm.verify import check_bundle_top5
-
-        print(check_bundle_top5(out))
     return 0
 
 

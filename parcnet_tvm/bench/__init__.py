@@ -166,6 +166,8 @@ def check_request(args: BenchRequest):
     for log_dir in args.tuning_log:
         if not has_log(log_dir):
             raise ParcnetError(f"--tuning-log {log_dir}: no tuning log there (a work dir of scripts/tune.py)")
+    if args.rpc or args.rpc_tracker:  # before any build: a wrong address is one error within seconds
+        board.check_reachable(args.rpc_tracker, args.rpc_key, args.rpc)
     return named
 
 
