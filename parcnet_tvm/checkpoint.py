@@ -41,7 +41,7 @@ def _not_a_checkpoint(path: Path) -> str | None:
 
 def check_finite(state_dict: dict, path) -> None:
     """Refuse weights holding NaN or Inf before anything is built from them."""
-    bad = [key for key, value in state_dict.items()
+    bad = [key for key, value in sorted(state_dict.items())
            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
     if bad:
         raise ParcnetError(_listing(f"checkpoint {path} holds NaN or Inf in", bad)
