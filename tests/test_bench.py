@@ -57,6 +57,7 @@ def test_bench_arguments_are_checked_with_one_clear_error():
          "ambiguous with several models"),
         (("--target", "arm", "--rpc-tracker", "127.0.0.1:9190"), "--rpc-tracker needs --rpc-key"),
         (("--target", "riscv"), "unknown target 'riscv'"),
+        (("--target", "arm", "--rpc", "127.0.0.1:1"), "cannot reach the board's RPC server at 127.0.0.1:1"),
     ]
     if local_cuda_arch() is None:
         cases.append((("--target", "cuda"), "needs an NVIDIA GPU, and none is visible"))

@@ -166,10 +166,7 @@ def check_request(args: BenchRequest):
     for log_dir in args.tuning_log:
         if not has_log(log_dir):
             raise ParcnetError(f"--tuning-log {log_dir}: no tuning log there (a work dir of scripts/tune.py)")
-    if args.rpc or args.rpc_tracker:  # before any build: a wrong address is one error within seconds
-        board.check_reachable(args.rpc_tracker, args.rpc_key, args.rpc)
     return named
-
 
 
 def run_bench(args: BenchRequest, log=print) -> list[dict]:
@@ -180,6 +177,8 @@ def run_bench(args: BenchRequest, log=print) -> list[dict]:
     models = [variant_key(m) for m in args.model]
     pytorch_ms = parse_pytorch_ms(args.pytorch_ms, models, args.batch)
     backends = args.backends or DEFAULT_BACKENDS[named.name]
+    if args.rpc or args.rpc_tracker:  # after the arguments, before any build: a wrong address fails in seconds
+        board.check_reachable(args.rpc_tracker, args.rpc_key, args.rpc)
     rows = []
     with board.chosen_board(args.emulate, args.rpc, args.rpc_tracker, args.rpc_key, log) as chosen:
         the_board = None if chosen is None else Board(
