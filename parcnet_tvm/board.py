@@ -28,14 +28,19 @@ def parse_host_port(text: str, flag: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def add_board_arguments(parser, emulate_help: str):
+def add_board_arguments(parser, emulate_help: str, pool: bool = False):
     """The board options tune.py and bench.py share (--rpc-tracker/--rpc-key, --rpc, --emulate),
-    in an "ARM board" group, which is returned for a script's own additions."""
+    in an "ARM board" group, which is returned for a script's own additions. With `pool`,
+    --emulate takes an optional number of emulated boards (tune.py measures on all at once)."""
     group = parser.add_argument_group("ARM board")
-    group.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the board registered with")
-    group.add_argument("--rpc-key", help="the board's key at the tracker")
+    group.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                       help="RPC tracker the boards registered with (every board under --rpc-key is used)")
+    group.add_argument("--rpc-key", help="the boards' key at the tracker")
     group.add_argument("--rpc", metavar="HOST:PORT", help="the board's RPC server, without a tracker")
-    group.add_argument("--emulate", action="store_true", help=emulate_help)
+    if pool:
+        group.add_argument("--emulate", nargs="?", type=int, const=1, default=0, metavar="N", help=emulate_help)
+    else:
+        group.add_argument("--emulate", action="store_true", help=emulate_help)
     return group
 
 
@@ -56,7 +61,8 @@ def check_board_args(rpc_tracker: str | None, rpc_key: str | None, rpc: str | No
 def connect(tracker: str | None = None, key: str | None = None, direct: str | None = None,
             session_timeout: int = 60, attempts: int = 3):
     """RPC session to the board, through the tracker or directly, retried a few times (boards drop
-    connections); the last failure is raised with what was tried."""
+    connections); the last failure is raised with what was tried. The session's `board_address`
+    says which board answered (HOST:PORT), so a pool of boards can count its trials."""
     from tvm import rpc
 
     error = None
@@ -64,9 +70,10 @@ def connect(tracker: str | None = None, key: str | None = None, direct: str | No
         try:
             if direct:
                 host, port = parse_host_port(direct, "--rpc")
-                return rpc.connect(host, port, session_timeout=session_timeout)
-            host, port = parse_host_port(tracker, "--rpc-tracker")
-            return rpc.connect_tracker(host, port).request(key, session_timeout=session_timeout)
+                session = rpc.connect(host, port, session_timeout=session_timeout)
+                session.board_address = direct
+                return session
+            return _request_from_tracker(tracker, key, session_timeout)
         except ParcnetError:
             raise
         except Exception as exc:
@@ -74,6 +81,38 @@ def connect(tracker: str | None = None, key: str | None = None, direct: str | No
             time.sleep(0.5 * (attempt + 1))
     where = direct or f"tracker {tracker} key {key}"
     raise RuntimeError(f"board unreachable through RPC ({where}) after {attempts} attempts: {error}")
+
+
+def _request_from_tracker(tracker: str, key: str, session_timeout: int):
+    """TrackerSession.request, keeping the address of the board the tracker hands out (TVM's
+    own request does not return it). Protocol: REQUEST -> [SUCCESS, [host, port, matchkey]]."""
+    from tvm import rpc
+    from tvm.rpc import base
+
+    host, port = parse_host_port(tracker, "--rpc-tracker")
+    tracker_session = rpc.connect_tracker(host, port)
+    try:
+        base.sendjson(tracker_session._sock, [base.TrackerCode.REQUEST, key, "", 1])
+        reply = base.recvjson(tracker_session._sock)
+    finally:
+        tracker_session.close()
+    if reply[0] != base.TrackerCode.SUCCESS:
+        raise RuntimeError(f"the tracker refused the request for {key}: {reply}")
+    board_host, board_port, matchkey = reply[1]
+    session = rpc.connect(board_host, board_port, matchkey, session_timeout=session_timeout)
+    session.board_address = f"{board_host}:{board_port}"
+    return session
+
+
+def boards_under_key(tracker: str, key: str) -> int:
+    """How many boards are registered under `key` at the tracker now (free or in a session)."""
+    from tvm import rpc
+
+    host, port = parse_host_port(tracker, "--rpc-tracker")
+    summary = rpc.connect_tracker(host, port).summary()
+    servers = [s for s in summary.get("server_info", []) if str(s.get("key", "")).split(":", 1)[-1] == key]
+    free = summary.get("queue_info", {}).get(key, {}).get("free", 0)
+    return max(len(servers), free, 1)
 
 
 def check_reachable(rpc_tracker: str | None, rpc_key: str | None, rpc: str | None, timeout: float = 5) -> None:
@@ -131,44 +170,61 @@ def stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def wait_for_server(host: str, port: int, key: str, timeout: float = 180) -> None:
-    """Return once a server with `key` is registered with the tracker host:port."""
+def wait_for_servers(host: str, port: int, key: str, count: int = 1, timeout: float = 180) -> None:
+    """Return once `count` servers with `key` are registered with the tracker host:port."""
     from tvm import rpc
 
     deadline = time.time() + timeout
     while True:
         try:
             summary = rpc.connect_tracker(host, port).summary()
-            if any(key in str(queue) for queue in summary.get("queue_info", {})):
+            if summary.get("queue_info", {}).get(key, {}).get("free", 0) >= count:
                 return
         except Exception:
             pass
         if time.time() > deadline:
-            raise ParcnetError(f"no RPC server with key {key} registered with the tracker {host}:{port} "
-                               f"within {timeout:.0f} s")
+            raise ParcnetError(f"{count} RPC server(s) with key {key} did not register with the tracker "
+                               f"{host}:{port} within {timeout:.0f} s")
         time.sleep(1)
 
 
+@dataclass
+class EmulatedBoards:
+    """A local tracker (HOST:PORT, key EMULATED_KEY) and the emulated boards registered with it,
+    each our RPC server under qemu-arm (`servers`: their processes, `addresses`: HOST:PORT)."""
+
+    tracker: str
+    servers: list
+    addresses: list
+
+
 @contextlib.contextmanager
-def emulated_board(log=print):
-    """Start a local tracker and our board RPC server under qemu-arm; yields the tracker's
-    HOST:PORT (key EMULATED_KEY) and stops both afterwards."""
+def emulated_board(log=print, count: int = 1):
+    """Start a local tracker and `count` of our board RPC servers under qemu-arm, all under one
+    key; yields EmulatedBoards and stops everything afterwards."""
     from . import runtime
 
     reason = runtime.why_not_emulated()
     if reason:
         raise ParcnetError(f"--emulate needs the emulated board: {reason}")
+    if count < 1:
+        raise ParcnetError(f"--emulate {count}: give the number of emulated boards, at least 1")
     port = free_port()
-    processes = [start_tracker(port)]
+    tracker = start_tracker(port)
+    servers, addresses = [], []
     try:
-        processes.append(runtime.start_rpc_server(port=free_port(), tracker=f"127.0.0.1:{port}",
-                                                     key=EMULATED_KEY))
-        log(f"      emulated board: parcnet_rpc_server under qemu-arm, tracker 127.0.0.1:{port} "
-            "(a pipeline check: its times are not latency)")
-        wait_for_server("127.0.0.1", port, EMULATED_KEY)
-        yield f"127.0.0.1:{port}"
+        for _ in range(count):
+            server_port = free_port()
+            servers.append(runtime.start_rpc_server(port=server_port, tracker=f"127.0.0.1:{port}",
+                                                    key=EMULATED_KEY))
+            addresses.append(f"127.0.0.1:{server_port}")
+        boards = f"{count} emulated boards" if count > 1 else "emulated board"
+        log(f"      {boards}: parcnet_rpc_server under qemu-arm at {', '.join(addresses)}, tracker "
+            f"127.0.0.1:{port} (a pipeline check: their times are not latency)")
+        wait_for_servers("127.0.0.1", port, EMULATED_KEY, count)
+        yield EmulatedBoards(f"127.0.0.1:{port}", servers, addresses)
     finally:
-        for process in reversed(processes):
+        for process in [*servers, tracker]:
             stop(process)
 
 
@@ -181,17 +237,21 @@ class ChosenBoard:
     direct: str | None
     emulated: bool
     where: str
+    boards: int = 1  # registered under the key when the run started: trials measured at once
 
 
 @contextlib.contextmanager
-def chosen_board(emulate: bool, rpc: str | None, rpc_tracker: str | None, rpc_key: str | None, log=print):
-    """The board given by --emulate / --rpc / --rpc-tracker --rpc-key, or None: the emulated
-    one is started before the block and stopped after it."""
+def chosen_board(emulate: int, rpc: str | None, rpc_tracker: str | None, rpc_key: str | None, log=print):
+    """The board(s) given by --emulate [N] / --rpc / --rpc-tracker --rpc-key, or None: emulated
+    boards are started before the block and stopped after it."""
     if emulate:
-        with emulated_board(log) as tracker:
-            yield ChosenBoard(tracker, EMULATED_KEY, None, True, "local tracker " + tracker)
-    elif rpc or rpc_tracker:
-        yield ChosenBoard(rpc_tracker, rpc_key, rpc, False,
-                          f"RPC server {rpc}" if rpc else f"tracker {rpc_tracker}, key {rpc_key}")
+        with emulated_board(log, count=int(emulate)) as emulated:
+            yield ChosenBoard(emulated.tracker, EMULATED_KEY, None, True, "local tracker " + emulated.tracker,
+                              boards=int(emulate))
+    elif rpc_tracker:
+        yield ChosenBoard(rpc_tracker, rpc_key, None, False, f"tracker {rpc_tracker}, key {rpc_key}",
+                          boards=boards_under_key(rpc_tracker, rpc_key))
+    elif rpc:
+        yield ChosenBoard(None, None, rpc, False, f"RPC server {rpc}")
     else:
         yield None

@@ -36,6 +36,7 @@ from .pipeline import PipelineOptions, fused_module
 from .runtime import why_not_runnable
 from .targets import NamedTarget, get_target, local_cuda_arch
 from .tuning.budget import default_budget
+from .tuning.progress import boards_line
 from .tuning.measurement import local_measurement, rpc_measurement
 from .tuning.tasks import extract_tasks, tune_fused_module
 from .tuning_log import default_work_dir, has_log
@@ -60,7 +61,7 @@ class TuneRequest:
     rpc_tracker: str | None = None
     rpc_key: str | None = None
     rpc: str | None = None
-    emulate: bool = False
+    emulate: int = 0                   # emulated boards to start (0: none)
     output: str | None = None
     only: tuple = ()                   # tune only tasks whose name contains one of these
     mcpu: str | None = None
@@ -89,6 +90,8 @@ def _check_request(request: TuneRequest, named: NamedTarget) -> None:
         raise ParcnetError(f"--time-budget must be > 0 minutes (got {request.time_budget})")
     if request.batch < 1:
         raise ParcnetError(f"--batch must be >= 1 (got {request.batch})")
+    if request.emulate is not None and int(request.emulate) < 0:
+        raise ParcnetError(f"--emulate {request.emulate}: give the number of emulated boards (1 or more)")
     if request.emulate and named.name != "arm":
         raise ParcnetError("--emulate runs the emulated ARM board: use it with --target arm")
     if request.emulate and (request.rpc or request.rpc_tracker):
@@ -149,8 +152,9 @@ def tune_model(request: TuneRequest, log=print) -> dict:
                                         design_space=request.design_space)
         failed = f", {summary.trials_failed} of them failed ({summary.failure}): their tasks are tuned again " \
             "by a rerun" if summary.trials_failed else ""
-        log(f"[tune] {summary.trials_new} new trials{failed} in {summary.seconds / 60:.1f} min ({summary.stopped}); "
-            f"log: {work_dir}")
+        boards = f"; {boards_line(summary.trials_by_board)}" if summary.trials_by_board else ""
+        log(f"[tune] {summary.trials_new} new trials{failed} in {summary.seconds / 60:.1f} min ({summary.stopped})"
+            f"{boards}; log: {work_dir}")
 
     logs = [work_dir] if has_log(work_dir) else []
     logs += [Path(p) for p in request.warm_start if Path(p).resolve() not in {d.resolve() for d in logs}]
@@ -180,7 +184,8 @@ def measurement_on(chosen: board.ChosenBoard | None, named: NamedTarget):
     if chosen is None:
         return local_measurement(named)
     return rpc_measurement(named, chosen.tracker, chosen.key, chosen.direct,
-                           session_timeout=300 if chosen.emulated else 60, emulated=chosen.emulated)
+                           session_timeout=300 if chosen.emulated else 60, emulated=chosen.emulated,
+                           boards=chosen.boards)
 
 
 def compare_untuned_tuned_pytorch(build, manifest: dict, repeat: int, log) -> list[dict]:

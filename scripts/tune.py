@@ -45,7 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", help="tuning log folder (default tuning_logs/<model>-<target>-<size>)")
     parser.add_argument("--warm-start", nargs="+", default=(), metavar="DIR",
                         help="other tuning logs to reuse (read-only): their tasks are not tuned again")
-    add_board_arguments(parser, "tune against the emulated board (qemu): a pipeline check, times are not latency")
+    add_board_arguments(parser, "tune against N emulated boards (qemu, default 1) under one key: a pipeline "
+                        "check, times are not latency", pool=True)
     parser.add_argument("--exact-math", action="store_true", help="exact erf in GELU (default: fast polynomial)")
     parser.add_argument("--cuda-arch", help="CUDA arch when no GPU is visible (default sm_90)")
     parser.add_argument("--mcpu", help="override the detected x86 CPU name (LLVM -mcpu)")

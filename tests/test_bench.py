@@ -2,7 +2,7 @@
 
 import json
 
-from support import SMALL, needs_arm_toolchain, run_script
+from support import SMALL, needs_arm_toolchain, run_script, slow
 
 from parcnet_tvm.targets import local_cuda_arch
 
@@ -67,6 +67,7 @@ def test_bench_arguments_are_checked_with_one_clear_error():
         assert done.stderr.count("\n") == 1  # one line, no traceback
 
 
+@slow  # the emulated board path stays in the default run through an RPC tracker
 @needs_arm_toolchain
 def test_arm_bench_on_the_emulated_board_checks_output_and_shows_no_time(tmp_path):
     out = tmp_path / "arm.json"
@@ -88,8 +89,8 @@ def test_arm_bench_times_through_an_rpc_tracker_next_to_the_given_pytorch_time(t
     from parcnet_tvm import board
 
     out = tmp_path / "arm.json"
-    with board.emulated_board(log=lambda *_: None) as tracker:
-        done = run_script("bench.py", "--target", "arm", "--rpc-tracker", tracker, "--rpc-key", board.EMULATED_KEY,
+    with board.emulated_board(log=lambda *_: None) as emulated:
+        done = run_script("bench.py", "--target", "arm", "--rpc-tracker", emulated.tracker, "--rpc-key", board.EMULATED_KEY,
                           "--model", "xt", "--input-size", SMALL, "--backends", "pytorch-eager", "tvm-ours",
                           "--repeat", 2, "--pytorch-ms", "xt=500", "--json", out)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,7 +1,10 @@
 """board.py: measuring trials on a board through RPC (a tracker, or a direct address)."""
 
+import contextlib
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -9,11 +12,12 @@ from support import ONLY, record_lines
 
 from parcnet_tvm import ParcnetError
 from parcnet_tvm.board import (
+    boards_under_key,
     check_reachable,
     free_port,
     start_tracker,
     stop,
-    wait_for_server,
+    wait_for_servers,
 )
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.tuning.budget import TuneBudget
@@ -22,22 +26,41 @@ from parcnet_tvm.tuning.tasks import extract_tasks, tune_fused_module
 from parcnet_tvm.tuning_log import open_database, record_counts
 
 
+def x86_server(tracker_port: int) -> tuple[subprocess.Popen, str]:
+    """TVM's Python RPC server (an x86 "board") registered under test-board; and its HOST:PORT."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+                               "--port", str(port), "--port-end", str(port + 1),
+                               "--tracker", f"127.0.0.1:{tracker_port}", "--key", "test-board"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return server, f"127.0.0.1:{port}"
+
+
 @pytest.fixture
-def rpc_tracker_with_server():
-    """A Python RPC tracker and an x86 RPC server registered with it, on 127.0.0.1."""
+def board_pool(request):
+    """A Python RPC tracker with `request.param` x86 RPC servers under one key, on 127.0.0.1:
+    yields (tracker HOST:PORT, [(server process, its HOST:PORT)])."""
+    count = getattr(request, "param", 1)
     port = free_port()
     tracker = start_tracker(port)
-    server_port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-                               "--port", str(server_port), "--port-end", str(server_port + 1),
-                               "--tracker", f"127.0.0.1:{port}", "--key", "test-board"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    for _ in range(100):  # servers started before the tracker listens wait 5 s to retry
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        time.sleep(0.1)
+    servers = [x86_server(port) for _ in range(count)]
     try:
-        wait_for_server("127.0.0.1", port, "test-board")
-        yield f"127.0.0.1:{port}"
+        wait_for_servers("127.0.0.1", port, "test-board", count)
+        yield f"127.0.0.1:{port}", servers
     finally:
-        stop(server)
+        for server, _ in servers:
+            stop(server)
         stop(tracker)
+
+
+@pytest.fixture
+def rpc_tracker_with_server(board_pool):
+    return board_pool[0]
 
 
 def test_rpc_runner_measures_on_a_server_through_the_tracker(fused_xt, rpc_tracker_with_server, tmp_path):
@@ -80,3 +103,42 @@ def test_a_tracker_without_the_key_names_the_keys_it_has(rpc_tracker_with_server
     check_reachable(rpc_tracker_with_server, "test-board", None)  # the right key: no error
     with pytest.raises(ParcnetError, match="no board is registered under key 'rk3288'.*keys there: test-board"):
         check_reachable(rpc_tracker_with_server, "rk3288", None)
+
+
+@pytest.mark.parametrize("board_pool", [2], indirect=True)
+def test_a_pool_of_boards_measures_trials_on_every_board(fused_xt, board_pool, tmp_path):
+    tracker, servers = board_pool
+    fused, named = fused_xt, get_target("x86")
+    assert boards_under_key(tracker, "test-board") == 2
+    messages = []
+    measurement = rpc_measurement(named, tracker=tracker, key="test-board", boards=2)
+    summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 64, 4), measurement, only=ONLY,
+                                log=messages.append)
+    assert summary.trials_new == 8 and summary.trials_failed == 0
+    assert set(summary.trials_by_board) == {address for _, address in servers}  # both boards measured
+    assert sum(summary.trials_by_board.values()) == 8 and min(summary.trials_by_board.values()) >= 1
+    assert any("| measured on 2 boards: 127.0.0.1:" in m and " trials, 127.0.0.1:" in m for m in messages)
+    assert len(record_lines(tmp_path)) == 8
+
+
+@pytest.mark.parametrize("board_pool", [2], indirect=True)
+def test_a_board_lost_mid_run_costs_only_its_trials_in_flight(fused_xt, board_pool, tmp_path):
+    tracker, servers = board_pool
+    (_, kept), (lost, lost_address) = servers
+    fused, named = fused_xt, get_target("x86")
+    measurement = rpc_measurement(named, tracker=tracker, key="test-board", boards=2)
+    killer = []
+
+    def log(message):  # after the first measured batch, the second board goes away during the next one
+        if message.startswith("[tune]") and not killer:
+            killer.append(threading.Timer(0.5, stop, [lost]))
+            killer[0].start()
+
+    summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 64, 4), measurement, only=ONLY, log=log)
+    killer[0].join()
+    assert lost.poll() is not None  # the board really went away mid-run
+    assert summary.trials_new - summary.trials_failed >= 8  # the run finished its budget on the other board
+    assert summary.trials_failed <= 1  # at most the one trial the lost board had in flight
+    assert summary.trials_by_board.get(lost_address, 0) <= 4 + 1  # the lost board: its first batch at most
+    assert summary.trials_by_board[kept] >= summary.trials_new - summary.trials_failed - 5
+    assert len(record_lines(tmp_path)) == summary.trials_new  # every trial recorded, failed ones as failed

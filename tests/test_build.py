@@ -197,7 +197,7 @@ def test_a_log_of_another_model_is_an_error_naming_it(tiny_run, tmp_path):
     assert not (tmp_path / "x.so").exists()
 
 
-@pytest.mark.parametrize("size, resize", [("100x76", False), ("72", True)])
+@pytest.mark.parametrize("size, resize", [("100x76", False), pytest.param("72", True, marks=slow)])
 def test_any_size_the_official_model_runs_builds_and_verifies(size, resize, tmp_path):
     """Sizes that are not multiples of 32 (downsampling rounds as the official convs do), with
     the official kernel lengths (default) or the paper's resized ones."""

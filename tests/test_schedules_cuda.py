@@ -171,6 +171,7 @@ def test_depthwise_convs_get_our_cuda_schedule(fused_xt_cuda):
         assert source.split("_kernel(")[1].split(")")[0].count("float*") == 5
 
 
+@slow  # CUDA tuning candidates stay in the default run
 def test_depthwise_convs_are_tuned_within_our_schedule(fused_xt_cuda, tmp_path):
     """MetaSchedule's candidates for the depth-wise convs are our schedule with a sampled row
     tile (they compile, keep the accumulators in registers and compute the conv), not its

@@ -113,6 +113,7 @@ def _is_json(line):
         return False
 
 
+@slow  # logs are applied by test_tune's other cases in the default run
 def test_build_script_applies_an_existing_log(tiny_run, tmp_path):
     out = tmp_path / "xt.so"
     done = run_script("build.py", "--model", "xt", "--input-size", SMALL, "--tuning-log", tiny_run[0] / "log",
@@ -135,6 +136,7 @@ def test_warm_start_reuses_tuned_tasks_without_new_trials(tiny_run, fused_xt, tm
     assert len(record_lines(tmp_path / "log")) >= summary.records_copied > 0
 
 
+@slow  # ONNX builds stay in the default run (test_frontend)
 def test_onnx_export_tunes_the_same_tasks_and_builds_against_onnxruntime(tiny_run, tmp_path):
     """tune.py --onnx on the official repo's kind of export: its tasks are the torch import's
     (warm-started from the torch run's log, the tuned ones cost no trials), and the library
@@ -206,19 +208,22 @@ def test_s_shares_every_task_shape_with_t():
 
 @slow  # RPC tuning stays in the default run (test_board.py, an x86 server through a tracker)
 @needs_arm_toolchain
-def test_emulated_board_runs_the_whole_rpc_tuning_loop(tmp_path):
-    done = run_script("tune.py", "--target", "arm", "--emulate", "--model", "xt", "--input-size", SMALL,
-                      "--only", *ONLY, "--trials", 2, "--trials-per-iter", 2, "--work-dir", tmp_path / "log",
+def test_two_emulated_boards_run_the_whole_rpc_tuning_loop(tmp_path):
+    done = run_script("tune.py", "--target", "arm", "--emulate", 2, "--model", "xt", "--input-size", SMALL,
+                      "--only", *ONLY, "--trials", 4, "--trials-per-iter", 4, "--work-dir", tmp_path / "log",
                       "-o", tmp_path / "xt-arm.so")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "emulated board: times are not latency" in done.stdout
+    summary = next(line for line in done.stdout.splitlines() if line.startswith("[tune] 4 new trials"))
+    assert "measured on 2 boards: 127.0.0.1:" in summary and summary.count(" trials") == 3  # both boards named
     assert "est." not in done.stdout and "| tvm-tuned |" not in done.stdout  # no emulated latency anywhere
     assert "latency: not measured here" in done.stdout
-    assert len(record_lines(tmp_path / "log")) == 2
+    assert len(record_lines(tmp_path / "log")) == 4
     manifest = manifest_io.read(tmp_path / "xt-arm.so")
     assert manifest["verification"]["status"] == "passed" and manifest["tuning_database"]
 
 
+@slow  # ARM builds stay in the default run (test_build)
 @needs_arm_toolchain
 def test_arm_without_a_board_builds_verifies_and_explains(tmp_path):
     done = run_script("tune.py", "--target", "arm", "--model", "xt", "--input-size", SMALL,
@@ -244,6 +249,7 @@ def test_cuda_without_gpu_says_so_and_foreign_logs_are_refused(tiny_run):
     (["--rpc-key", "k"], "--rpc-key needs --rpc-tracker"),
     (["--rpc-tracker", "nohost"], "--rpc-tracker expects HOST:PORT"),
     (["--emulate"], "--emulate runs the emulated ARM board"),
+    (["--target", "arm", "--emulate", "-1"], "--emulate -1: give the number of emulated boards"),
     (["--warm-start", "/nonexistent/log"], "--warm-start /nonexistent/log: no such folder"),
     (["--trials", "0"], "--trials must be >= 1"),
     (["--input-size", "2"], "too small"),

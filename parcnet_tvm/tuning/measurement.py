@@ -4,6 +4,8 @@ machine, one candidate at a time; boards through RPC), and the Measurement that 
 from __future__ import annotations
 
 import functools
+import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from tvm.s_tir.meta_schedule.runner import (
     RPCConfig,
     RPCRunner,
 )
+from tvm.s_tir.meta_schedule.runner.rpc_runner import default_run_evaluator
 
 from .. import board
 from ..errors import ParcnetError
@@ -92,8 +95,6 @@ class PooledBuilder(PyBuilder):
 def export_arm_artifact(mod) -> str:
     """Builder export for ARM trials: a shared library linked by the cross compiler (the board's
     RPC server loads .so files; it has no compiler to link MetaSchedule's default .tar)."""
-    import tempfile
-
     from tvm.support import cc
 
     path = str(Path(tempfile.mkdtemp(prefix="parcnet-trial-")) / "trial.so")
@@ -106,6 +107,23 @@ def _trial_session(rpc_config: RPCConfig, tracker=None, key=None, direct=None):
     return board.connect(tracker, key, direct, session_timeout=rpc_config.session_timeout_sec)
 
 
+def _timed_on_board(session, rt_mod, device, evaluator_config, repeated_args, ledger: str):
+    """RPCRunner's evaluator (runs in its worker process): MetaSchedule's own, then one line in
+    the ledger naming the board that measured the trial (appends of one short line are atomic,
+    so the workers of a pool of boards can share the file)."""
+    costs = default_run_evaluator(session, rt_mod, device, evaluator_config, repeated_args)
+    with open(ledger, "a") as out:
+        out.write(getattr(session, "board_address", "board") + "\n")
+    return costs
+
+
+def trials_by_board(ledger: Path | None) -> dict[str, int]:
+    """Measured trials per board (HOST:PORT) so far, from a measurement's ledger."""
+    if ledger is None or not ledger.exists():
+        return {}
+    return dict(sorted(Counter(line for line in ledger.read_text().splitlines() if line).items()))
+
+
 @dataclass
 class Measurement:
     """Where trials are built and timed."""
@@ -114,6 +132,7 @@ class Measurement:
     builder: object
     runner: object
     where: str
+    ledger: Path | None = None  # board measurements: one line per measured trial naming its board
 
     @property
     def emulated(self) -> bool:
@@ -130,9 +149,11 @@ def local_measurement(named: NamedTarget) -> Measurement:
 
 
 def rpc_measurement(named: NamedTarget, tracker: str | None = None, key: str | None = None,
-                    direct: str | None = None, session_timeout: int = 60, emulated: bool = False) -> Measurement:
-    """Builder and runner for a board reached through an RPC tracker (`tracker` + `key`) or
-    directly (`direct` = HOST:PORT). ARM trials are cross-compiled to .so files."""
+                    direct: str | None = None, session_timeout: int = 60, emulated: bool = False,
+                    boards: int = 1) -> Measurement:
+    """Builder and runner for boards reached through an RPC tracker (`tracker` + `key`; `boards`
+    of them registered under the key, each measuring one trial at a time, all at once) or one
+    board directly (`direct` = HOST:PORT). ARM trials are cross-compiled to .so files."""
     board.check_board_args(tracker, key, direct)
     if not (direct or tracker):
         raise ParcnetError("an RPC measurement needs --rpc HOST:PORT or --rpc-tracker HOST:PORT --rpc-key KEY")
@@ -143,8 +164,11 @@ def rpc_measurement(named: NamedTarget, tracker: str | None = None, key: str | N
     where = f"RPC server {direct}" if direct else f"RPC tracker {tracker}, key {key}"
     evaluator = EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0) if emulated else \
         EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100)
-    runner = RPCRunner(config, evaluator, f_create_session=create)
+    ledger = Path(tempfile.mkdtemp(prefix="parcnet-boards-")) / "trials_by_board.txt"
+    # one worker per board: a board measures one trial at a time (two at once would disturb both)
+    runner = RPCRunner(config, evaluator, f_create_session=create, max_workers=1 if direct else boards,
+                       f_run_evaluator=functools.partial(_timed_on_board, ledger=str(ledger)))
     export = export_arm_artifact if named.name == "arm" else None
     builder = PooledBuilder(host_cores(), f_export=export)
     return Measurement("emulated" if emulated else "rpc", builder,
-                       SerialRunner(runner) if emulated else runner, where)
+                       SerialRunner(runner) if emulated else runner, where, ledger)

@@ -22,6 +22,12 @@ def last_line(error: str) -> str:
     return (lines[-1] if lines else error)[:300]
 
 
+def boards_line(counts: dict[str, int]) -> str:
+    """`measured on 2 boards: 127.0.0.1:9091 9 trials, 127.0.0.1:9092 7 trials`"""
+    boards = f"{len(counts)} boards" if len(counts) != 1 else "1 board"
+    return f"measured on {boards}: " + ", ".join(f"{where} {n} trials" for where, n in counts.items())
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s"
@@ -31,8 +37,9 @@ def _fmt_duration(seconds: float) -> str:
 class TuningProgress(PyMeasureCallback):
     """One progress line per measured batch."""
 
-    def __init__(self, weights, budget: TuneBudget, emulated: bool, log):
+    def __init__(self, weights, budget: TuneBudget, emulated: bool, log, trials_by_board=None):
         super().__init__()
+        self.trials_by_board = trials_by_board  # () -> {board: measured trials}, for a pool of boards
         self.weights = list(weights)
         self.budget = budget
         self.emulated = emulated
@@ -82,5 +89,7 @@ class TuningProgress(PyMeasureCallback):
             estimate = f"est. {total:.2f} ms for the measured tasks"
         errors = f", {self.build_errors} build / {self.run_errors} run errors" \
             if self.build_errors or self.run_errors else ""
+        boards = self.trials_by_board() if self.trials_by_board else {}
+        where = f" | {boards_line(boards)}" if boards else ""
         return (f"[tune] tasks measured {len(self.best_ms)}/{n_tasks} | trials {self.trials}/{self.budget.trials}{errors} | "
-                f"{estimate} | elapsed {_fmt_duration(elapsed)}, ETA {_fmt_duration(eta)}")
+                f"{estimate} | elapsed {_fmt_duration(elapsed)}, ETA {_fmt_duration(eta)}{where}")

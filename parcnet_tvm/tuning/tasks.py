@@ -19,7 +19,7 @@ from ..rewrite import PRIMFUNC_PREFIX
 from ..targets import NamedTarget, host_cores
 from ..tuning_log import copy_records, open_database, record_counts
 from .budget import TuneBudget, task_flops, task_trial_caps, write_budget_record
-from .measurement import Measurement, local_measurement
+from .measurement import Measurement, local_measurement, trials_by_board
 from .progress import TuningProgress
 from .scheduler import GradientScheduler
 
@@ -53,6 +53,7 @@ class TuneSummary:
     seconds: float = 0.0
     stopped: str = "finished"  # finished | time budget | nothing to do
     best_ms: dict = field(default_factory=dict)
+    trials_by_board: dict = field(default_factory=dict)  # board HOST:PORT -> trials it measured
 
 
 DESIGN_SPACES = ("ours", "generic")
@@ -127,8 +128,9 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
     trials_left = [caps[i] - recorded[i] for i in todo]
     selected = [tasks[i] for i in todo]
     contexts, weights = task_contexts(selected, named, work_dir, design_space, seed)
+    by_board = (lambda: trials_by_board(measurement.ledger)) if measurement.ledger else None
     progress = TuningProgress(weights, TuneBudget(remaining, max(trials_left), budget.trials_per_iter,
-                                                  budget.time_budget_min), measurement.emulated, log)
+                                                  budget.time_budget_min), measurement.emulated, log, by_board)
     deadline = time.time() + 60 * budget.time_budget_min if budget.time_budget_min else None
     scheduler = GradientScheduler(weights, trials_left, deadline, seed=seed)
     summary.tuned_now = len(selected)
@@ -155,6 +157,7 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
     summary.failure = progress.failure
     summary.seconds = progress.elapsed()
     summary.best_ms = {selected[i].task_name: ms_ for i, ms_ in progress.best_ms.items()}
+    summary.trials_by_board = by_board() if by_board else {}
     return summary
 
 
