@@ -33,10 +33,22 @@ An image (JPEG/PNG/BMP/PPM) is preprocessed like ImageNet evaluation (resize, ce
     ./parcnet_runner {library} --input x.raw --repeat 50   # median and p90 latency
 
 ## Tune from a host through RPC
-On the host: `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190`. On the board:
+On the host: `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190`. On each board:
     ./parcnet_rpc_server --tracker HOST_IP:9190 --key rk3288
 Then on the host: `python scripts/tune.py --target arm --rpc-tracker HOST_IP:9190 --rpc-key rk3288`.
-Or serve directly: `./parcnet_rpc_server --port 9090` and `--rpc BOARD_IP:9090` on the host.
+Every board registered under the key measures trials at once; the progress lines say how many
+each measured. Or serve directly: `./parcnet_rpc_server --port 9090` and `--rpc BOARD_IP:9090`.
+Then time the tuned library on the board from the host:
+`python scripts/bench.py --target arm --rpc-tracker HOST_IP:9190 --rpc-key rk3288 --tuning-log DIR`.
+
+TVM RPC has no authentication: anyone who reaches the port can run code on the board. Serve
+it on a trusted network only.
+
+## Start the RPC server at boot (systemd)
+`parcnet-rpc.service` runs the server from /opt/{name}; edit HOST_IP (the tracker), BOARD_IP (the
+address the board is reached at) and the key, then:
+    sudo cp -r ~/{name} /opt/ && sudo cp /opt/{name}/parcnet-rpc.service /etc/systemd/system/
+    sudo systemctl enable --now parcnet-rpc
 
 ## What the board needs
 32-bit ARMv7-A Linux with NEON/VFPv4, hard-float (armhf). The runtime was built with
@@ -44,6 +56,22 @@ Debian 12's cross toolchain and needs glibc >= 2.34 and libstdc++ with GLIBCXX_3
 (Debian 12 / Ubuntu 22.04 armhf or newer); the model library itself asks only for
 GLIBC_2.4 symbols.
 The programs find the libraries beside them (RPATH $ORIGIN).
+"""
+
+
+SYSTEMD_UNIT = """[Unit]
+Description=parcnet-tvm RPC server (TVM RPC: trusted networks only, it has no authentication)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+WorkingDirectory=/opt/{name}
+ExecStart=/opt/{name}/parcnet_rpc_server --tracker HOST_IP:9190 --key rk3288 --host-addr BOARD_IP
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
 """
 
 
@@ -76,6 +104,7 @@ def package(library, out_dir, runtime: Path | None = None, check: bool = False) 
         (partial / "README.md").write_text(BOARD_README.format(
             name=out_dir.name, library=library.name, manifest=manifest_io.path_for(library).name,
             height=height, width=width, shape="x".join(map(str, info["input_shape"]))))
+        (partial / "parcnet-rpc.service").write_text(SYSTEMD_UNIT.format(name=out_dir.name))
         report = check_bundle_top5(partial) if check else None
         if out_dir.exists():
             shutil.rmtree(out_dir)

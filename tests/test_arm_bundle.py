@@ -18,8 +18,12 @@ def test_bundle_runner_top5_equals_pytorch(xt_arm, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "(equal)" in done.stdout
     files = {p.name for p in (tmp_path / "bundle").iterdir()}
-    assert {"xt_arm.so", "xt_arm.json", "README.md", *arm_runtime.LIBRARIES, *arm_runtime.PROGRAMS} <= files
-    assert "glibc >= 2.34" in (tmp_path / "bundle" / "README.md").read_text()
+    assert {"xt_arm.so", "xt_arm.json", "README.md", "parcnet-rpc.service", *arm_runtime.LIBRARIES,
+            *arm_runtime.PROGRAMS} <= files
+    readme = (tmp_path / "bundle" / "README.md").read_text()
+    assert "glibc >= 2.34" in readme and "trusted network only" in readme and "--repeat" in readme
+    unit = (tmp_path / "bundle" / "parcnet-rpc.service").read_text()
+    assert "ExecStart=/opt/bundle/parcnet_rpc_server --tracker HOST_IP:9190" in unit and "Restart=always" in unit
 
 
 def _imagenet_preprocess(image: np.ndarray, height: int, width: int) -> np.ndarray:

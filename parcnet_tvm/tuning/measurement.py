@@ -20,6 +20,7 @@ from tvm.s_tir.meta_schedule.runner import (
     RPCRunner,
 )
 from tvm.s_tir.meta_schedule.runner.rpc_runner import default_run_evaluator
+from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 
 from .. import board
 from ..errors import ParcnetError
@@ -107,6 +108,21 @@ def _trial_session(rpc_config: RPCConfig, tracker=None, key=None, direct=None):
     return board.connect(tracker, key, direct, session_timeout=rpc_config.session_timeout_sec)
 
 
+def _fill_from_host(tensor) -> None:
+    """Random inputs made here and copied to the board: our RPC server carries no
+    tvm.contrib.random (MetaSchedule's default filler), and a trial's inputs are small."""
+    import numpy as np
+
+    shape, dtype = tuple(tensor.shape), str(tensor.dtype)
+    data = np.random.uniform(-1, 1, size=shape) if "float" in dtype else np.random.randint(0, 2, size=shape)
+    tensor.copyfrom(data.astype(dtype))
+
+
+def _alloc_on_board(session, device, args_info, alloc_repeat):
+    """RPCRunner's argument allocator (runs in its worker process)."""
+    return alloc_argument_common(_fill_from_host, device, args_info, alloc_repeat)
+
+
 def _timed_on_board(session, rt_mod, device, evaluator_config, repeated_args, ledger: str):
     """RPCRunner's evaluator (runs in its worker process): MetaSchedule's own, then one line in
     the ledger naming the board that measured the trial (appends of one short line are atomic,
@@ -166,7 +182,8 @@ def rpc_measurement(named: NamedTarget, tracker: str | None = None, key: str | N
         EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100)
     ledger = Path(tempfile.mkdtemp(prefix="parcnet-boards-")) / "trials_by_board.txt"
     # one worker per board: a board measures one trial at a time (two at once would disturb both)
-    runner = RPCRunner(config, evaluator, f_create_session=create, max_workers=1 if direct else boards,
+    runner = RPCRunner(config, evaluator, f_create_session=create, f_alloc_argument=_alloc_on_board,
+                       max_workers=1 if direct else boards,
                        f_run_evaluator=functools.partial(_timed_on_board, ledger=str(ledger)))
     export = export_arm_artifact if named.name == "arm" else None
     builder = PooledBuilder(host_cores(), f_export=export)
