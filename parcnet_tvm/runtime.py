@@ -141,7 +141,7 @@ def build_runtime(cache=None, jobs: int | None = None, log=print) -> Path:
     jobs = jobs or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
     log("ARM runtime: configuring (cmake + ninja, arm-linux-gnueabihf, armv7-a NEON hard-float)")
     _run_logged([cmake, "-S", str(SOURCE_DIR), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DCMAKE_TOOLCHAIN_FILE={SOURCE_DIR / 'armv7-toolchain.cmake'}", f"-DSTAGE_DIR={stage}"], log)
+                 f"-DCMAKE_TOOLCHAIN_FILE={SOURCE_DIR / os.environ.get('PARCNET_ARM_TOOLCHAIN', 'armv7-toolchain.cmake')}", f"-DSTAGE_DIR={stage}"], log)
     log(f"ARM runtime: compiling with {jobs} jobs (a few minutes on 2 cores)")
     _run_logged([cmake, "--build", str(build), "-j", str(jobs)], log)
     tmp = root / "out.tmp"
