@@ -51,10 +51,11 @@ address the board is reached at) and the key, then:
     sudo systemctl enable --now parcnet-rpc
 
 ## What the board needs
-32-bit ARMv7-A Linux with NEON/VFPv4, hard-float (armhf). The runtime was built with
-Debian 12's cross toolchain and needs glibc >= 2.34 and libstdc++ with GLIBCXX_3.4.30
-(Debian 12 / Ubuntu 22.04 armhf or newer); the model library itself asks only for
-GLIBC_2.4 symbols.
+32-bit ARMv7-A Linux with NEON/VFPv4, hard-float (armhf), glibc >= 2.17: Debian 8 or newer,
+Ubuntu 14.04 or newer, TinkerOS, Firefly's images, Buildroot with glibc. Every file here asks
+for glibc symbol versions no newer than GLIBC_2.17, and none needs libstdc++: the runtime,
+runner and RPC server carry their C++ runtime (libc++, built with zig's clang), and the
+model library needs only libc and libgcc_s.
 The programs find the libraries beside them (RPATH $ORIGIN).
 """
 

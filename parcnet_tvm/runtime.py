@@ -4,18 +4,22 @@ that the board bundle ships and the emulated board runs.
 
 The runtime is built from the C++ sources inside the installed apache-tvm-ffi and
 apache-tvm wheels plus our own support headers (parcnet_tvm/arm_runtime/support: the
-apache-tvm wheel lacks them), with cmake + ninja and Debian's arm-linux-gnueabihf
-toolchain. Builds are cached under build/arm-runtime/<key>, the key covering the wheel
+apache-tvm wheel lacks them), with cmake + ninja and zig's clang (the `ziglang` wheel) for
+arm-linux-gnueabihf against glibc 2.17's symbol versions, libc++ linked statically: the
+bundle runs on any armhf Linux from glibc 2.17 on (TinkerOS, Firefly's Ubuntu 16.04,
+Buildroot), not only on Debian 12. Builds are cached under build/arm-runtime/<key>, the key covering the wheel
 versions and our sources, so a rerun takes seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -113,7 +117,8 @@ def _stage(stage: Path) -> None:
 
 def _run_logged(cmd: list[str], log, cwd=None) -> None:
     """Run a build step, streaming its progress lines; on failure show the tail of its output."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ, PARCNET_PYTHON=sys.executable)  # the interpreter with ziglang (zig/cc, zig/c++)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     tail: list[str] = []
     for line in proc.stdout:
         tail = (tail + [line.rstrip()])[-40:]
@@ -129,8 +134,11 @@ def build_runtime(cache=None, jobs: int | None = None, log=print) -> Path:
     if runtime_is_built(cache):
         log(f"ARM runtime: cached in {out}")
         return out
-    _require(CROSS_PREFIX + "g++")
+    _require(CROSS_PREFIX + "g++")  # its binutils strip the runtime; its sysroot runs it under qemu
     _require("ninja")
+    if importlib.util.find_spec("ziglang") is None:
+        raise ParcnetError("the ARM runtime is built with zig's clang: pip install ziglang==0.17.1 "
+                           "(or pip install -e '.[arm]')")
     cmake = _require_cmake()
     root = out.parent
     if root.exists():
@@ -139,9 +147,9 @@ def build_runtime(cache=None, jobs: int | None = None, log=print) -> Path:
     log(f"ARM runtime: staging wheel sources in {stage}")
     _stage(stage)
     jobs = jobs or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
-    log("ARM runtime: configuring (cmake + ninja, arm-linux-gnueabihf, armv7-a NEON hard-float)")
+    log("ARM runtime: configuring (cmake + ninja, zig c++ for arm-linux-gnueabihf with glibc 2.17, cortex-a17)")
     _run_logged([cmake, "-S", str(SOURCE_DIR), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DCMAKE_TOOLCHAIN_FILE={SOURCE_DIR / os.environ.get('PARCNET_ARM_TOOLCHAIN', 'armv7-toolchain.cmake')}", f"-DSTAGE_DIR={stage}"], log)
+                 f"-DCMAKE_TOOLCHAIN_FILE={SOURCE_DIR / 'zig-toolchain.cmake'}", f"-DSTAGE_DIR={stage}"], log)
     log(f"ARM runtime: compiling with {jobs} jobs (a few minutes on 2 cores)")
     _run_logged([cmake, "--build", str(build), "-j", str(jobs)], log)
     tmp = root / "out.tmp"

@@ -21,9 +21,29 @@ def test_bundle_runner_top5_equals_pytorch(xt_arm, tmp_path):
     assert {"xt_arm.so", "xt_arm.json", "README.md", "parcnet-rpc.service", *arm_runtime.LIBRARIES,
             *arm_runtime.PROGRAMS} <= files
     readme = (tmp_path / "bundle" / "README.md").read_text()
-    assert "glibc >= 2.34" in readme and "trusted network only" in readme and "--repeat" in readme
+    assert "glibc >= 2.17" in readme and "trusted network only" in readme and "--repeat" in readme
     unit = (tmp_path / "bundle" / "parcnet-rpc.service").read_text()
     assert "ExecStart=/opt/bundle/parcnet_rpc_server --tracker HOST_IP:9190" in unit and "Restart=always" in unit
+
+
+def test_every_file_of_the_bundle_runs_on_glibc_2_17_without_libstdcxx(xt_arm, tmp_path):
+    """Old vendor images (TinkerOS, Firefly's Ubuntu 16.04: glibc 2.23-2.28) run the bundle: no
+    ELF in it asks for a glibc symbol version newer than 2.17 or for a shared libstdc++."""
+    from parcnet_tvm.arm_bundle import package
+
+    library, _ = xt_arm
+    bundle, _ = package(library, tmp_path / "bundle")
+    elves = [p for p in bundle.iterdir() if p.read_bytes()[:4] == b"\x7fELF"]
+    assert {p.name for p in elves} == {library.name, *arm_runtime.LIBRARIES, *arm_runtime.PROGRAMS}
+    for elf in elves:
+        dynamic = subprocess.run(["arm-linux-gnueabihf-readelf", "--dynamic", "--version-info", "--wide", elf],
+                                 capture_output=True, text=True, check=True).stdout
+        needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic))
+        assert needed and not {n for n in needed if "stdc++" in n or "c++" in n}, (elf.name, needed)
+        versions = {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", dynamic)}
+        assert max(versions, default=(0,)) <= (2, 17), (elf.name, max(versions))
+        assert versions or elf.name == library.name  # the runtime's files do ask for versioned glibc symbols
+        assert "GLIBCXX" not in dynamic and "CXXABI" not in dynamic, elf.name
 
 
 def _imagenet_preprocess(image: np.ndarray, height: int, width: int) -> np.ndarray:
