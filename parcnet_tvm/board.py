@@ -188,20 +188,10 @@ def wait_for_servers(host: str, port: int, key: str, count: int = 1, timeout: fl
         time.sleep(1)
 
 
-@dataclass
-class EmulatedBoards:
-    """A local tracker (HOST:PORT, key EMULATED_KEY) and the emulated boards registered with it,
-    each our RPC server under qemu-arm (`servers`: their processes, `addresses`: HOST:PORT)."""
-
-    tracker: str
-    servers: list
-    addresses: list
-
-
 @contextlib.contextmanager
 def emulated_board(log=print, count: int = 1):
     """Start a local tracker and `count` of our board RPC servers under qemu-arm, all under one
-    key; yields EmulatedBoards and stops everything afterwards."""
+    key; yields the tracker's HOST:PORT (key EMULATED_KEY) and stops everything afterwards."""
     from . import runtime
 
     reason = runtime.why_not_emulated()
@@ -222,7 +212,7 @@ def emulated_board(log=print, count: int = 1):
         log(f"      {boards}: parcnet_rpc_server under qemu-arm at {', '.join(addresses)}, tracker "
             f"127.0.0.1:{port} (a pipeline check: their times are not latency)")
         wait_for_servers("127.0.0.1", port, EMULATED_KEY, count)
-        yield EmulatedBoards(f"127.0.0.1:{port}", servers, addresses)
+        yield f"127.0.0.1:{port}"
     finally:
         for process in [*servers, tracker]:
             stop(process)
@@ -245,9 +235,8 @@ def chosen_board(emulate: int, rpc: str | None, rpc_tracker: str | None, rpc_key
     """The board(s) given by --emulate [N] / --rpc / --rpc-tracker --rpc-key, or None: emulated
     boards are started before the block and stopped after it."""
     if emulate:
-        with emulated_board(log, count=int(emulate)) as emulated:
-            yield ChosenBoard(emulated.tracker, EMULATED_KEY, None, True, "local tracker " + emulated.tracker,
-                              boards=int(emulate))
+        with emulated_board(log, count=int(emulate)) as tracker:
+            yield ChosenBoard(tracker, EMULATED_KEY, None, True, "local tracker " + tracker, boards=int(emulate))
     elif rpc_tracker:
         yield ChosenBoard(rpc_tracker, rpc_key, None, False, f"tracker {rpc_tracker}, key {rpc_key}",
                           boards=boards_under_key(rpc_tracker, rpc_key))

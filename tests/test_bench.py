@@ -89,8 +89,8 @@ def test_arm_bench_times_through_an_rpc_tracker_next_to_the_given_pytorch_time(t
     from parcnet_tvm import board
 
     out = tmp_path / "arm.json"
-    with board.emulated_board(log=lambda *_: None) as emulated:
-        done = run_script("bench.py", "--target", "arm", "--rpc-tracker", emulated.tracker, "--rpc-key", board.EMULATED_KEY,
+    with board.emulated_board(log=lambda *_: None) as tracker:
+        done = run_script("bench.py", "--target", "arm", "--rpc-tracker", tracker, "--rpc-key", board.EMULATED_KEY,
                           "--model", "xt", "--input-size", SMALL, "--backends", "pytorch-eager", "tvm-ours",
                           "--repeat", 2, "--pytorch-ms", "xt=500", "--json", out)
     assert done.returncode == 0, done.stdout + done.stderr
