@@ -64,6 +64,31 @@ def profile_library(library, device=None, repeat: int = 5) -> dict:
     return {"end_to_end_ms": end_to_end, "kernels": _rows(times)}
 
 
+def estimate_kernels(library) -> dict:
+    """{"end_to_end_ms": the 1-thread estimate, "end_to_end_ms_4t", "kernels": rows}: the RK3288
+    estimate of each kernel group at 1 thread; what runs outside the library (the VM, libc) is
+    one row of its own."""
+    from . import manifest as manifest_io
+    from .counting import count_library
+    from .estimate import CLOCK_HZ, THREAD_TERMS, Calibrated, thread_terms
+
+    calibrated = Calibrated.load()
+    shape = manifest_io.read(library)["input_shape"]
+    counts = count_library(library, shape, 1, blocks=True)
+    coef = calibrated.model.coef[:len(THREAD_TERMS)]
+    times: dict = {}
+    for symbol, c in counts.per_symbol(library).items():
+        ms = float(thread_terms(c) @ coef) * 1e6 / CLOCK_HZ * 1e3
+        name = kernel_group(symbol.removesuffix("_compute_"))
+        total, calls = times.get(name, (0.0, 0))
+        times[name] = (total + ms, calls + 1)
+    whole = calibrated.model.estimate_ms(counts.threads, 1)
+    times["(outside the library: VM, runtime, libc)"] = (max(whole - sum(t for t, _ in times.values()), 0.0), 0)
+    four = calibrated.model.estimate_ms(count_library(library, shape, 4).threads, 4)
+    return {"end_to_end_ms": whole, "end_to_end_ms_4t": four, "kernels": _rows(times, whole),
+            "line": calibrated.line(four, whole)}
+
+
 def profile_pytorch(model, input_shape, threads: int) -> dict:
     """PyTorch's own profiler: self CPU time per aten op, one profiled run after warm-up."""
     import torch

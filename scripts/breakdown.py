@@ -3,16 +3,18 @@
 
   python scripts/breakdown.py build/parcnetv2_t-x86-224.so --top 20
 
-Reads the manifest beside the library (model, input shape, weights); x86 and CUDA libraries
-(ARM ones run on the board). Kernel times are each kernel timed alone on its own arguments
+Reads the manifest beside the library (model, input shape, weights). x86 and CUDA libraries:
+kernel times are each kernel timed alone on its own arguments
 inside one run of the model (TVM 0.27's VM has no profiler); the same ops in every block add
 up to one row. The PyTorch side is torch.profiler's self CPU time per aten op.
+ARM libraries: the RK3288 estimate per kernel (1 thread), counted on the emulated board and
+priced by the calibrated cost model: an estimate, not a measurement.
 """
 
 import argparse
 
 from parcnet_tvm import manifest as manifest_io
-from parcnet_tvm.breakdown import format_breakdown, profile_library, profile_pytorch
+from parcnet_tvm.breakdown import estimate_kernels, format_breakdown, profile_library, profile_pytorch
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.errors import ParcnetError
 from parcnet_tvm.runtime import why_not_runnable
@@ -29,7 +31,14 @@ def main(argv=None):
     manifest = manifest_io.read(args.library)
     named = get_target(manifest["target_name"], cuda_arch=manifest["target"].get("arch"))
     if named.emulated:
-        raise ParcnetError(f"{args.library} is an ARM library: profile it on the board (emulated time is not latency)")
+        reason = why_not_runnable(named)
+        if reason:
+            raise ParcnetError(f"cannot estimate {args.library} here: {reason}")
+        result = estimate_kernels(args.library)
+        print(f"{manifest['model']} {manifest['input_shape']}: {result['line']}\n")
+        print(format_breakdown(f"RK3288 estimate per kernel, 1 thread (not a measurement) {args.library}", result,
+                               args.top))
+        return 0
     if manifest.get("cuda_graph"):
         raise ParcnetError(f"{args.library} replays its kernels from a CUDA graph, which hides them from the VM: "
                            "rebuild it with scripts/build.py --no-cuda-graph to profile it")

@@ -13,7 +13,8 @@ PyTorch's caching allocator and TVM's pooled allocator both keep their peak allo
 ARM: the TVM libraries are uploaded to the board through RPC, their output is checked against
 PyTorch's (computed here), then they are timed there (`time_evaluator`, one call per sample).
 PyTorch does not run through RPC: `--pytorch-ms` adds a time the user measured on the board.
-The emulated board (qemu) checks correctness only; its times are never shown.
+The emulated board (qemu) checks correctness and gives the RK3288 estimate (estimate.py:
+counted work and a cost model calibrated on published board times); emulated time is never shown.
 
 TVM libraries are built (and verified against PyTorch, like every library of the pipeline)
 by the parent and cached under build/bench/; ONNX files likewise.
@@ -94,6 +95,8 @@ def bench_case(case: BenchCase, backends, repeat: int, threads: int, max_seconds
             continue
         row.update({k: result[k] for k in ("median_ms", "p90_ms", "peak_mem_mb", "repeat", "max_abs_error",
                                            "source") if k in result})
+        if board and board.emulated and library is not None:
+            _add_estimate(row, library, case, log)
         log(f"[bench] {row['model']} b{case.batch} {backend}: " + _describe(row))
         rows.append(row)
     eager = next((r["median_ms"] for r in rows if r["backend"] == "pytorch-eager" and r["median_ms"]), None)
@@ -101,6 +104,16 @@ def bench_case(case: BenchCase, backends, repeat: int, threads: int, max_seconds
         if eager and row["median_ms"]:
             row["speedup_vs_pytorch"] = round(eager / row["median_ms"], 3)
     return rows
+
+def _add_estimate(row: dict, library, case: BenchCase, log) -> None:
+    """The RK3288 estimate of a library checked on the emulated board (never a latency)."""
+    from ..estimate import estimate_library
+
+    log(f"[bench] {row['model']} b{case.batch} {row['backend']}: counting on the emulated board (4 and 1 threads)")
+    estimate = estimate_library(library, (case.batch, 3, *case.input_size))
+    row["rk3288_estimate_ms"], row["rk3288_estimate_ms_1t"] = estimate["ms_4t"], estimate["ms_1t"]
+    log(f"[bench] {row['model']} b{case.batch} {row['backend']}: {estimate['line']}")
+
 
 @dataclass
 class BenchRequest:

@@ -69,6 +69,12 @@ def machine_header(threads: int, target: str = "x86", board: Board | None = None
             f"{versions}, onnxruntime {ort}")
 
 
+def _estimate_cell(row: dict) -> str:
+    if row.get("rk3288_estimate_ms") is None:
+        return ""
+    return f"{row['rk3288_estimate_ms']:.0f} / {row['rk3288_estimate_ms_1t']:.0f} ms (estimate)"
+
+
 def _cell(value, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
@@ -77,10 +83,11 @@ def format_table(rows: list[dict], header: str) -> str:
     if rows and all(r["median_ms"] is None for r in rows if not r.get("skipped")) and \
             any("max_abs_error" in r for r in rows):  # the emulated board: correctness only
         cells = [[r["model"], r["batch"], r["backend"],
-                  f"skipped: {r['skipped']}" if r.get("skipped") else f"matches ({r['max_abs_error']:.1e})"]
-                 for r in rows]
+                  f"skipped: {r['skipped']}" if r.get("skipped") else f"matches ({r['max_abs_error']:.1e})",
+                  _estimate_cell(r)] for r in rows]
         return "\n".join([f"Machine: {header}", "", *markdown_table(
-            ["model", "batch", "backend", "output vs PyTorch (max abs error)"], cells)])
+            ["model", "batch", "backend", "output vs PyTorch (max abs error)",
+             "RK3288 estimate, 4 / 1 threads (not a measurement)"], cells)])
     cells = []
     for r in rows:
         if r.get("skipped"):
@@ -97,7 +104,7 @@ def format_table(rows: list[dict], header: str) -> str:
 def json_rows(rows: list[dict]) -> list[dict]:
     keys = ("model", "target", "batch", "input_size", "backend", "median_ms", "p90_ms", "peak_mem_mb",
             "speedup_vs_pytorch")
-    extra = ("skipped", "max_abs_error", "source", "gpu")
+    extra = ("skipped", "max_abs_error", "source", "gpu", "rk3288_estimate_ms", "rk3288_estimate_ms_1t")
     return [{k: r[k] for k in keys} | {k: r[k] for k in extra if r.get(k) is not None} for r in rows]
 
 

@@ -1,0 +1,72 @@
+"""The RK3288 estimate (parcnet_tvm/estimate.py): the fit reruns from the stored counts to the
+same numbers, it holds on rows it never saw, and what users read is labelled an estimate."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from parcnet_tvm.errors import ParcnetError
+from parcnet_tvm.estimate import (
+    CALIBRATION_ENGINE,
+    Calibrated,
+    calibration_rows,
+    fit,
+    loo_errors,
+    read_report,
+    refit,
+    row_terms,
+)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return read_report()
+
+
+def test_the_fit_reproduces_the_report_from_its_stored_counts(report):
+    model, rows = refit(copy.deepcopy(report["rows"]))
+    assert model.as_dict() == report["coefficients_cycles"]
+    for stored, again in zip(report["rows"], rows):
+        assert again["estimate_ms"] == pytest.approx(stored["estimate_ms"], abs=0.02), stored["model"]
+        assert again["loo_estimate_ms"] == pytest.approx(stored["loo_estimate_ms"], abs=0.02), stored["model"]
+
+
+def test_leave_one_out_error_over_ncnns_published_rows(report):
+    calib = calibration_rows(report["rows"])
+    assert len(calib) >= 12 and {r["threads"] for r in calib} == {1, 4}
+    errors = np.abs(loo_errors(report["rows"]))
+    assert np.median(errors) <= 0.20 and errors.max() <= 0.40, errors
+
+
+def test_a_held_out_row_is_never_in_the_fit(report):
+    mnn = [r for r in report["rows"] if r["engine"] == "mnn"]
+    assert mnn and all(r["engine"] != CALIBRATION_ENGINE for r in mnn)
+    assert all(r["loo_estimate_ms"] == r["estimate_ms"] for r in mnn)
+    # changing the held-out row's published time changes no coefficient
+    rows = copy.deepcopy(report["rows"])
+    for r in rows:
+        if r["engine"] == "mnn":
+            r["published_ms"] *= 10
+    assert refit(rows)[0].as_dict() == report["coefficients_cycles"]
+
+
+def test_the_busiest_thread_sets_the_four_thread_time():
+    idle = {k: 0 for k in ("neon_q_mac", "neon_q", "neon_d_mac", "neon_d", "vfp", "simd_load", "simd_store",
+                           "int_alu", "int_load", "int_store", "branch", "other", "l1_misses", "l2_misses",
+                           "futex_calls")}
+    light = dict(idle, insns=1, neon_q_mac=10 ** 6)
+    heavy = dict(idle, insns=1, neon_q_mac=3 * 10 ** 6)
+    terms = row_terms([light, heavy, light], 4)
+    assert terms[0] == 3.0  # millions of q-register instructions on the busiest thread
+
+
+def test_too_few_calibration_rows_is_one_clear_error(report):
+    with pytest.raises(ParcnetError, match="at least"):
+        fit(calibration_rows(report["rows"])[:3])
+
+
+def test_the_line_says_estimate_and_not_measurement(report):
+    line = Calibrated.load().line(300.4, 800.2)
+    assert line.startswith("RK3288 estimate: 300 ms at 4 threads, 800 ms at 1 thread (±")
+    assert "not a measurement" in line and "ncnn's published RK3288 table" in line
