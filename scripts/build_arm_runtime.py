@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Cross-build the TVM runtime, the board runner and the RPC server for ARM Cortex-A17.
+"""Cross-build the TVM runtime, the board runner and the RPC server for ARM Cortex-A17, and
+build the qemu counting plugin behind the RK3288 estimate (build/arm-counter/<hash>).
 
   python scripts/build_arm_runtime.py
 
@@ -11,6 +12,7 @@ import argparse
 import time
 
 from parcnet_tvm.cli import run_main
+from parcnet_tvm.counting import build_counter
 from parcnet_tvm.runtime import build_runtime
 
 
@@ -23,6 +25,7 @@ def main(argv=None):
     out = build_runtime(args.cache, args.jobs)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(out.iterdir()))
     print(f"{out}: {sizes} ({time.perf_counter() - start:.0f} s)")
+    print(f"qemu counting plugin: {build_counter()}")
     return 0
 
 

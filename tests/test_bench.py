@@ -2,7 +2,7 @@
 
 import json
 
-from support import SMALL, needs_arm_toolchain, run_script, slow
+from support import SMALL, needs_arm_toolchain, run_script
 
 from parcnet_tvm.targets import local_cuda_arch
 
@@ -67,18 +67,21 @@ def test_bench_arguments_are_checked_with_one_clear_error():
         assert done.stderr.count("\n") == 1  # one line, no traceback
 
 
-@slow  # the emulated board path stays in the default run through an RPC tracker
 @needs_arm_toolchain
-def test_arm_bench_on_the_emulated_board_checks_output_and_shows_no_time(tmp_path):
+def test_arm_bench_on_the_emulated_board_checks_output_and_gives_the_rk3288_estimate(tmp_path):
     out = tmp_path / "arm.json"
     done = run_script("bench.py", "--target", "arm", "--emulate", "--model", "xt", "--input-size", SMALL,
                       "--backends", "pytorch-eager", "tvm-ours", "--json", out, "--plot", tmp_path / "arm.png")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {r["backend"]: r for r in json.loads(out.read_text())}
-    assert rows["tvm-ours"]["median_ms"] is None and rows["tvm-ours"]["max_abs_error"] <= 1e-4
+    ours = rows["tvm-ours"]
+    assert ours["median_ms"] is None and ours["max_abs_error"] <= 1e-4  # emulated time is never latency
+    assert 0 < ours["rk3288_estimate_ms"] < ours["rk3288_estimate_ms_1t"]
     assert "nothing is timed" in rows["pytorch-eager"]["skipped"]
-    assert " ms" not in done.stdout and "correctness only" in done.stdout
-    assert "| parcnetv2_xt | 1 | tvm-ours | matches (" in done.stdout
+    line = next(line for line in done.stdout.splitlines() if "RK3288 estimate:" in line)
+    assert f"{ours['rk3288_estimate_ms']:.0f} ms at 4 threads" in line and "not a measurement" in line
+    assert "correctness only" in done.stdout and "median" not in done.stdout
+    assert "| parcnetv2_xt | 1 | tvm-ours | matches (" in done.stdout and "(estimate) |" in done.stdout
     assert not (tmp_path / "arm.png").exists() and "plot: skipped" in done.stdout
 
 

@@ -3,7 +3,7 @@
 import pytest
 from support import run_script
 
-from parcnet_tvm.breakdown import kernel_group, profile_library
+from parcnet_tvm.breakdown import estimate_kernels, kernel_group, profile_library
 
 
 def test_kernel_groups_drop_numbering_only():
@@ -29,3 +29,15 @@ def test_profile_script_prints_tvm_and_pytorch_tables(xt_small_x86):
     assert done.returncode == 0, done.stderr
     assert "ms end to end" in done.stdout and "| op | calls | ms | share |" in done.stdout
     assert "PyTorch eager" in done.stdout and "aten::" in done.stdout
+
+
+def test_arm_library_gets_the_rk3288_estimate_per_kernel(xt_arm):
+    library, _ = xt_arm
+    result = estimate_kernels(library)
+    rows = {r["name"]: r for r in result["kernels"]}
+    assert "RK3288 estimate:" in result["line"] and "not a measurement" in result["line"]
+    assert 0 < result["end_to_end_ms_4t"] < result["end_to_end_ms"]
+    assert any(name.startswith("fused_matmul") for name in rows) and any("oversized_conv" in n for n in rows)
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0, abs=1e-6)
+    gemms = sum(r["ms"] for name, r in rows.items() if name.startswith("fused_matmul"))
+    assert gemms > 0.3 * result["end_to_end_ms"]  # XT's 1x1 convs carry most of its MACs
