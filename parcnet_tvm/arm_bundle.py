@@ -12,6 +12,7 @@ from .errors import ParcnetError
 from .runtime import LIBRARIES, PROGRAMS, runtime_dir, runtime_is_built
 from .verify import check_bundle_top5
 
+LEGAL_DIR = Path(__file__).resolve().parents[1]  # the checkout's LICENSE and NOTICE
 BOARD_README = """# {name}: ParCNetV2 for ARM Cortex-A17 (RK3288), built by parcnet-tvm
 
 Files: `{library}` (the model), `{manifest}` (what it is: model, input shape, target,
@@ -106,6 +107,8 @@ def package(library, out_dir, runtime: Path | None = None, check: bool = False) 
             name=out_dir.name, library=library.name, manifest=manifest_io.path_for(library).name,
             height=height, width=width, shape="x".join(map(str, info["input_shape"]))))
         (partial / "parcnet-rpc.service").write_text(SYSTEMD_UNIT.format(name=out_dir.name))
+        for name in ("LICENSE", "NOTICE"):  # what the bundle redistributes, and under which terms
+            shutil.copy2(LEGAL_DIR / name, partial / name)
         report = check_bundle_top5(partial) if check else None
         if out_dir.exists():
             shutil.rmtree(out_dir)

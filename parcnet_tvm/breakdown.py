@@ -76,12 +76,14 @@ def estimate_kernels(library) -> dict:
     shape = manifest_io.read(library)["input_shape"]
     counts = count_library(library, shape, 1, blocks=True)
     coef = calibrated.model.coef[:len(THREAD_TERMS)]
-    times: dict = {}
+    ms: dict = {}
+    kernels: dict = {}
     for symbol, c in counts.per_symbol(library).items():
-        ms = float(thread_terms(c) @ coef) * 1e6 / CLOCK_HZ * 1e3
-        name = kernel_group(symbol.removesuffix("_compute_"))
-        total, calls = times.get(name, (0.0, 0))
-        times[name] = (total + ms, calls + 1)
+        kernel = symbol.removeprefix("__tvm_ffi_").removesuffix("_compute_")  # wrapper, body, parallel body
+        group = kernel_group(kernel)
+        ms[group] = ms.get(group, 0.0) + float(thread_terms(c) @ coef) * 1e6 / CLOCK_HZ * 1e3
+        kernels.setdefault(group, set()).add(kernel)
+    times = {group: (t, len(kernels[group])) for group, t in ms.items()}  # "calls": distinct kernels
     whole = calibrated.model.estimate_ms(counts.threads, 1)
     times["(outside the library: VM, runtime, libc)"] = (max(whole - sum(t for t, _ in times.values()), 0.0), 0)
     four = calibrated.model.estimate_ms(count_library(library, shape, 4).threads, 4)

@@ -104,14 +104,16 @@ def _symbols(elf_path) -> tuple[list[int], list[int], list[str]]:
     if nm is None:
         raise ParcnetError("arm-linux-gnueabihf-nm not found: apt-get install binutils-arm-linux-gnueabihf")
     out = subprocess.run([nm, "--defined-only", "-n", "-S", str(elf_path)], capture_output=True, text=True, check=True)
-    starts, ends, names = [], [], []
+    starts, sizes, names = [], [], []
     for line in out.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 4 and parts[2] in "tTwW":
-            start = int(parts[0], 16) & ~1  # Thumb functions carry bit 0
-            starts.append(start)
-            ends.append(start + int(parts[1], 16))
-            names.append(parts[3])
+        if len(parts) in (3, 4) and parts[-2] in "tTwW":
+            starts.append(int(parts[0], 16) & ~1)  # Thumb functions carry bit 0
+            sizes.append(int(parts[1], 16) if len(parts) == 4 else 1)
+            names.append(parts[-1])
+    # A function runs up to the next symbol: the loops of LLVM's parallel bodies (`*_compute_`)
+    # follow them beyond their ELF size. The last one ends at its size (then the library ends).
+    ends = starts[1:] + [starts[-1] + sizes[-1]] if starts else []
     return starts, ends, names
 
 

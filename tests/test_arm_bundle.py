@@ -18,8 +18,9 @@ def test_bundle_runner_top5_equals_pytorch(xt_arm, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "(equal)" in done.stdout
     files = {p.name for p in (tmp_path / "bundle").iterdir()}
-    assert {"xt_arm.so", "xt_arm.json", "README.md", "parcnet-rpc.service", *arm_runtime.LIBRARIES,
-            *arm_runtime.PROGRAMS} <= files
+    assert {"xt_arm.so", "xt_arm.json", "README.md", "parcnet-rpc.service", "LICENSE", "NOTICE",
+            *arm_runtime.LIBRARIES, *arm_runtime.PROGRAMS} <= files
+    assert "libc++" in (tmp_path / "bundle" / "NOTICE").read_text()
     readme = (tmp_path / "bundle" / "README.md").read_text()
     assert "glibc >= 2.17" in readme and "trusted network only" in readme and "--repeat" in readme
     unit = (tmp_path / "bundle" / "parcnet-rpc.service").read_text()
