@@ -18,8 +18,10 @@ for four cores sharing one memory bus. Under qemu the pools are made to sleep ra
 costs a futex call; on the board the engines spin and pay far less per region. The sync term
 grows with the square root of those calls: linear in them, one model (ncnn's regnety_400m,
 28,534 calls) alone set its coefficient and its leave-one-out error was 42%; with the square
-root the worst is 25% (a constant per run instead: 31%; no sync term: 28%). Coefficients are fitted by non-negative least squares on relative
-error to ncnn's published fp32 RK3288 table (`docs/arm-estimate.json` keeps the counts of
+root the worst row was 25% (a constant per run instead: 31%; no sync term: 28%; 44 rows).
+
+Coefficients are fitted by non-negative least squares on relative error to ncnn's published
+fp32 RK3288 table (`docs/arm-estimate.json` keeps the counts of
 every row beside the published times, so the fit reruns without qemu). The stated uncertainty
 (±Z%) is the root mean square of the leave-one-out errors over those rows.
 """
@@ -100,7 +102,8 @@ def fit(rows: list[dict], rounds: int = 4) -> CostModel:
 
 
 def calibration_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["engine"] == CALIBRATION_ENGINE and r.get("published_ms") and r.get("in_fit", True)]
+    """ncnn's rows with a published board time: the fit's data (every other row is only estimated)."""
+    return [r for r in rows if r["engine"] == CALIBRATION_ENGINE and r.get("published_ms")]
 
 
 def row_key(row: dict) -> tuple:
@@ -181,11 +184,8 @@ class Calibrated:
 
     @classmethod
     def load(cls, path=None) -> Calibrated:
-        report = read_report(path)
-        calib = calibration_rows(report["rows"])
-        model = fit(calib)
-        errors = np.array([r["loo_estimate_ms"] / r["published_ms"] - 1 for r in calib])
-        return cls(model, float(np.sqrt(np.mean(errors ** 2))))
+        rows = read_report(path)["rows"]
+        return cls(fit(calibration_rows(rows)), float(np.sqrt(np.mean(loo_errors(rows) ** 2))))
 
     def line(self, ms_4t: float, ms_1t: float) -> str:
         return (f"RK3288 estimate: {ms_4t:.0f} ms at 4 threads, {ms_1t:.0f} ms at 1 thread "
