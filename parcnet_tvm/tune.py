@@ -174,8 +174,13 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     elif request.compare and not named.emulated and why_not_runnable(named) is None:
         result["rows"] = compare_untuned_tuned_pytorch(build, manifest, request.compare, log)
     elif request.compare and named.emulated:
-        log("latency: not measured here (ARM libraries run under emulation on this host, and emulated time "
-            "is not latency); time it on the board: parcnet_runner LIB.so --input x.raw --repeat 50")
+        from .estimate import estimate_library
+
+        log("[estimate] counting the library's work on the emulated board at 4 and 1 threads (minutes at 224)")
+        result["estimate"] = estimate_library(library, manifest["input_shape"])
+        log(result["estimate"]["line"])
+        log("latency: not measured here (emulated time is not latency); time it on the board: "
+            "parcnet_runner LIB.so --input x.raw --repeat 50")
     return result
 
 

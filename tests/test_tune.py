@@ -231,6 +231,7 @@ def test_arm_without_a_board_builds_verifies_and_explains(tmp_path):
                       "--work-dir", tmp_path / "log", "-o", tmp_path / "xt-arm.so")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no board given, so nothing was tuned" in done.stdout and "--rpc-tracker" in done.stdout
+    assert "RK3288 estimate:" in done.stdout and "not a measurement" in done.stdout
     assert not (tmp_path / "log").exists()  # nothing pretended
     assert manifest_io.read(tmp_path / "xt-arm.so")["verification"]["status"] == "passed"
 
