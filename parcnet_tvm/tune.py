@@ -173,7 +173,10 @@ def tune_model(request: TuneRequest, log=print) -> dict:
             f"time {library} with scripts/bench.py")
     elif request.compare and not named.emulated and why_not_runnable(named) is None:
         result["rows"] = compare_untuned_tuned_pytorch(build, manifest, request.compare, log)
-    elif request.compare and named.emulated:
+    elif request.compare and named.emulated and has_board and not request.emulate:
+        log("latency: time it on the board (a measurement, not the estimate): scripts/bench.py --target arm "
+            "--rpc-tracker HOST:PORT --rpc-key KEY, or parcnet_runner LIB.so --input x.raw --repeat 50")
+    elif request.compare and named.emulated:  # no real board: the RK3288 estimate is all there is
         from .estimate import estimate_library
 
         log("[estimate] counting the library's work on the emulated board at 4 and 1 threads (minutes at 224)")
