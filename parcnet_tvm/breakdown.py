@@ -70,18 +70,17 @@ def estimate_kernels(library) -> dict:
     one row of its own."""
     from . import manifest as manifest_io
     from .counting import count_library
-    from .estimate import CLOCK_HZ, THREAD_TERMS, Calibrated, thread_terms
+    from .estimate import Calibrated
 
     calibrated = Calibrated.load()
     shape = manifest_io.read(library)["input_shape"]
     counts = count_library(library, shape, 1, blocks=True)
-    coef = calibrated.model.coef[:len(THREAD_TERMS)]
     ms: dict = {}
     kernels: dict = {}
     for symbol, c in counts.per_symbol(library).items():
         kernel = symbol.removeprefix("__tvm_ffi_").removesuffix("_compute_")  # wrapper, body, parallel body
         group = kernel_group(kernel)
-        ms[group] = ms.get(group, 0.0) + float(thread_terms(c) @ coef) * 1e6 / CLOCK_HZ * 1e3
+        ms[group] = ms.get(group, 0.0) + calibrated.model.thread_ms(c)
         kernels.setdefault(group, set()).add(kernel)
     times = {group: (t, len(kernels[group])) for group, t in ms.items()}  # "calls": distinct kernels
     whole = calibrated.model.estimate_ms(counts.threads, 1)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ParcnetError
-from .runtime import QEMU_CPU, SYSROOT, _require, runtime_dir
+from .runtime import qemu_prefix, runtime_dir
 
 SOURCE = Path(__file__).resolve().parent / "arm_counter" / "counter.c"
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "build" / "arm-counter"
@@ -118,18 +118,14 @@ def _symbols(elf_path) -> tuple[list[int], list[int], list[str]]:
 
 
 def count_program(argv: list[str], threads: int, *, blocks: bool = False, libdir: Path | None = None,
-                  env: dict | None = None, timeout: float = 3600, cache=None) -> Counts:
+                  timeout: float = 3600, cache=None) -> Counts:
     """Run an ARM program under qemu with the counting plugin; the counts of its marked window."""
     plugin = build_counter(cache, log=lambda _msg: None)
-    qemu = _require("qemu-arm")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "counts.json"
         option = f"{plugin},out={out}" + (",tbs=on" if blocks else "")
-        variables = {**NO_SPIN_ENV, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), **(env or {})}
-        if libdir:
-            variables["LD_LIBRARY_PATH"] = str(libdir)
-        cmd = [qemu, "-cpu", QEMU_CPU, "-L", SYSROOT, "-plugin", option]
-        for name, value in variables.items():
+        cmd = qemu_prefix(libdir) + ["-plugin", option]
+        for name, value in {**NO_SPIN_ENV, "TVM_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}.items():
             cmd += ["-E", f"{name}={value}"]
         done = subprocess.run(cmd + [str(a) for a in argv], capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0 or not out.is_file():

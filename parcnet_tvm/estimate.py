@@ -37,6 +37,7 @@ import numpy as np
 from .errors import ParcnetError
 
 CLOCK_HZ = 1.8e9  # RK3288: 4x Cortex-A17 at 1.8 GHz
+MS_PER_MILLION_CYCLES = 1e6 / CLOCK_HZ * 1e3  # terms are in millions of events, coefficients in cycles
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "arm-estimate.json"
 CALIBRATION_ENGINE = "ncnn"
 THREAD_TERMS = ("neon_q", "neon_d_vfp", "simd_mem", "integer", "l1_miss", "l2_miss")
@@ -72,16 +73,16 @@ def row_terms(threads: list[dict], n_threads: int, coef: np.ndarray | None = Non
     return np.concatenate([busiest, pool])
 
 
-def _ms(terms: np.ndarray, coef: np.ndarray) -> float:
-    return float(terms @ coef) * 1e6 / CLOCK_HZ * 1e3
-
-
 @dataclass
 class CostModel:
     coef: np.ndarray  # cycles per event, in TERMS order
 
     def estimate_ms(self, threads: list[dict], n_threads: int) -> float:
-        return _ms(row_terms(threads, n_threads, self.coef), self.coef)
+        return float(row_terms(threads, n_threads, self.coef) @ self.coef) * MS_PER_MILLION_CYCLES
+
+    def thread_ms(self, counts: dict) -> float:
+        """One thread's (or one kernel's) counts priced without the pool's terms."""
+        return float(thread_terms(counts) @ self.coef[:len(THREAD_TERMS)]) * MS_PER_MILLION_CYCLES
 
     def as_dict(self) -> dict:
         return {name: round(float(c), 4) for name, c in zip(TERMS, self.coef)}
@@ -95,7 +96,7 @@ def fit(rows: list[dict], rounds: int = 4) -> CostModel:
         raise ParcnetError(f"the fit needs at least {len(TERMS)} calibration rows, got {len(rows)}")
     coef = None
     for _ in range(rounds):
-        a = np.stack([row_terms(r["counts"], r["threads"], coef) * 1e6 / CLOCK_HZ * 1e3 / r["published_ms"]
+        a = np.stack([row_terms(r["counts"], r["threads"], coef) * MS_PER_MILLION_CYCLES / r["published_ms"]
                       for r in rows])
         coef, _ = nnls(a, np.ones(len(rows)))
     return CostModel(coef)

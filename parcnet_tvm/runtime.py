@@ -166,10 +166,11 @@ def build_runtime(cache=None, jobs: int | None = None, log=print) -> Path:
     return out
 
 
-def qemu_prefix(runtime: Path) -> list[str]:
-    """The command prefix that runs an ARM program of the bundle under qemu-arm here."""
+def qemu_prefix(runtime: Path | None) -> list[str]:
+    """The command prefix that runs an ARM program (of the bundle: its libraries in `runtime`)
+    under qemu-arm here."""
     qemu = _require("qemu-arm")
-    return [qemu, "-cpu", QEMU_CPU, "-L", SYSROOT, "-E", f"LD_LIBRARY_PATH={runtime}"]
+    return [qemu, "-cpu", QEMU_CPU, "-L", SYSROOT] + (["-E", f"LD_LIBRARY_PATH={runtime}"] if runtime else [])
 
 
 def run_runner(library, args: list[str], runtime: Path | None = None,
