@@ -10,10 +10,15 @@ hand schedule in `schedules/` with its tile sizes as knobs. Identical tasks are 
 (weight = how often they occur).
 
 What a user can rely on:
+- the log goes to a work dir of this model and DEVICE in the user's cache, outside the
+  checkout (`tuning_log.default_work_dir`; `--work-dir` overrides): the logs shipped in
+  `tuning_logs/` are never written, and a work dir another device measured is refused;
 - resume: trials already in the work dir's log count against the budget; a task that has
   its per-task trials is not tuned again (a task cut off mid-way gets its remaining share);
 - a killed run keeps every record: MetaSchedule appends one line per measured candidate;
-- warm start: tasks that another log (read-only) already tuned are copied, not re-tuned;
+- warm start: tasks that another log (read-only) already tuned are copied, not re-tuned; the
+  shipped log of this model is one, but only logs measured on this device are used
+  (`tuning.device`), the others are named in the output and left out;
 - trials are measured one candidate at a time with nothing compiling beside them (on a
   2-core host, measuring while the next batch compiles made timings meaningless).
 """
@@ -36,10 +41,11 @@ from .pipeline import PipelineOptions, fused_module
 from .runtime import why_not_runnable
 from .targets import NamedTarget, get_target, local_cuda_arch
 from .tuning.budget import default_budget
+from .tuning.device import Device, check_tuning_into, device_for
 from .tuning.progress import boards_line
 from .tuning.measurement import local_measurement, rpc_measurement
-from .tuning.tasks import extract_tasks, tune_fused_module
-from .tuning_log import default_work_dir, has_log
+from .tuning.tasks import extract_tasks, same_device_logs, tune_fused_module
+from .tuning_log import default_work_dir, has_log, is_shipped, shipped_log
 from .weights import prepare_model
 
 
@@ -116,20 +122,25 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     onnx_model = load_onnx_file(request.onnx, request.batch) if request.onnx else None
     input_size = onnx_model.input_shape[2:] if onnx_model else parse_input_size(request.input_size)
     model_key = f"onnx-{onnx_model.name}" if onnx_model else variant_key(request.model)
-    suffix = "-emulated" if request.emulate else ""
-    work_dir = Path(request.work_dir) if request.work_dir else \
-        default_work_dir(model_key, named.name + suffix, input_size, request.batch)
+    has_board = bool(request.rpc or request.rpc_tracker or request.emulate)
+    will_tune = named.name == "x86" or (named.name == "arm" and has_board) or named.name == "cuda"
+    device = device_for(named, request.rpc_tracker, request.rpc_key, request.rpc, bool(request.emulate)) \
+        if will_tune else None
+    work_dir, candidates = logs_of_run(model_key, named.name, input_size, request.batch, device,
+                                       request.work_dir, request.warm_start)
     # where the log and the library go, checked before hours of tuning rather than after
-    manifest_io.check_writable_folder(work_dir, "the tuning log")
+    if work_dir:
+        manifest_io.check_writable_folder(work_dir, "the tuning log" if request.work_dir else
+                                          "the tuning log ($PARCNET_TVM_CACHE or --work-dir moves it)")
     manifest_io.check_output(BuildRequest(model=request.model, target=named.name, input_size=input_size,
                                           batch=request.batch, resize_kernels=request.resize_kernels,
                                           onnx=request.onnx, output=request.output).output_path())
-    has_board = bool(request.rpc or request.rpc_tracker or request.emulate)
-    will_tune = named.name == "x86" or (named.name == "arm" and has_board) or named.name == "cuda"
     if named.name == "cuda" and not local_cuda_arch():
         raise ParcnetError("no CUDA GPU is visible here, so nothing can be tuned for CUDA. To build from an "
                            "existing log: python scripts/build.py --target cuda --tuning-log DIR")
-    log(f"target: {named.description}; tuning log: {work_dir}")
+    log(f"target: {named.description}; tuning log: {work_dir or 'none'}"
+        + (f" (device {device.id})" if device else ""))
+    warm_start = same_device_logs(candidates, device, log) if device else []
 
     summary = None
     if will_tune:
@@ -147,7 +158,7 @@ def tune_model(request: TuneRequest, log=print) -> dict:
                                 request.time_budget)
         with board.chosen_board(request.emulate, request.rpc, request.rpc_tracker, request.rpc_key, log) as chosen:
             measurement = measurement_on(chosen, named)
-            summary = tune_fused_module(fused, named, work_dir, budget, measurement, request.warm_start,
+            summary = tune_fused_module(fused, named, work_dir, budget, measurement, warm_start,
                                         request.only, request.seed, log, tasks=tasks,
                                         design_space=request.design_space)
         failed = f", {summary.trials_failed} of them failed ({summary.failure}): their tasks are tuned again " \
@@ -156,13 +167,13 @@ def tune_model(request: TuneRequest, log=print) -> dict:
         log(f"[tune] {summary.trials_new} new trials{failed} in {summary.seconds / 60:.1f} min ({summary.stopped})"
             f"{boards}; log: {work_dir}")
 
-    logs = [work_dir] if has_log(work_dir) else []
-    logs += [Path(p) for p in request.warm_start if Path(p).resolve() not in {d.resolve() for d in logs}]
+    logs = [work_dir] if work_dir and has_log(work_dir) else []
+    logs += [Path(p) for p in warm_start if Path(p).resolve() not in {d.resolve() for d in logs}]
     build = BuildRequest(model=request.model, target=named.name, input_size=request.input_size,
                          batch=request.batch, checkpoint=request.checkpoint, resize_kernels=request.resize_kernels,
                          onnx=request.onnx, output=request.output,
                          cuda_arch=request.cuda_arch, mcpu=request.mcpu, tuning_log=logs, logs_must_apply=False,
-                         exact_math=request.exact_math)
+                         exact_math=request.exact_math, device=device.id if device else None)
     manifest = build_library(build, log=log)
     library = build.output_path()
     result = {"summary": summary, "manifest": manifest, "library": str(library), "rows": []}
@@ -185,6 +196,31 @@ def tune_model(request: TuneRequest, log=print) -> dict:
         log("latency: not measured here (emulated time is not latency); time it on the board: "
             "parcnet_runner LIB.so --input x.raw --repeat 50")
     return result
+
+
+def logs_of_run(model_key: str, target: str, input_size, batch: int, device: Device | None, work_dir=None,
+                warm_start=()) -> tuple[Path | None, list[Path]]:
+    """The run's work dir (default: this model's and device's folder in the cache) and the logs
+    that may warm-start it: those given, then the shipped one (`same_device_logs` keeps those
+    `device` measured). Refuses a shipped log or another device's log as the work dir.
+    `device` None (ARM without a board): nothing is tuned, so no default work dir."""
+    if device is None:
+        return (Path(work_dir) if work_dir else None), []
+    default = default_work_dir(model_key, target, input_size, batch, device.id)
+    work = Path(work_dir) if work_dir else default
+    if is_shipped(work):
+        raise ParcnetError(f"{work} is a log shipped with the checkout, which tuning never writes to: drop "
+                           f"--work-dir (the default for this device is {default}); a shipped log of this device "
+                           "is read as a warm start")
+    check_tuning_into(work, device)
+    shipped = shipped_log(model_key, target, input_size, batch)
+    candidates = [Path(p) for p in warm_start] + ([shipped] if has_log(shipped) else [])
+    seen, logs = {work.resolve()}, []
+    for path in candidates:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            logs.append(path)
+    return work, logs
 
 
 def measurement_on(chosen: board.ChosenBoard | None, named: NamedTarget):

@@ -5,6 +5,14 @@ number in the workload file, and TVM aborts on the first line it cannot parse, s
 opening a log we check every line ourselves: a corrupt or truncated line (a run killed in
 the middle of a write) is reported with file and line, moved to `<file>.rejected` (nothing
 is deleted) and the files are rewritten without it, renumbering the records' workload index.
+
+Where logs live: a tuning run writes to a work dir in the user's cache, outside the checkout
+(`<cache>/tuning/<model>-<target>-<size>[-b<batch>]/<device>/`, cache = $PARCNET_TVM_CACHE,
+else $XDG_CACHE_HOME/parcnet-tvm, else ~/.cache/parcnet-tvm), one per device, because records
+are timings of the device that measured them. The logs shipped in the checkout's
+`tuning_logs/<model>-<target>-<size>/` are only ever read (a warm start, or a build's log): never
+appended to or repaired in place. Each log folder names its device in `device.json`
+(`parcnet_tvm.tuning.device` says when a log may be used).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from tvm.s_tir import meta_schedule as ms
@@ -23,12 +32,55 @@ from .manifest import artifact_name
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+DEVICE_FILE = "device.json"  # {"device": "<id>", "description": ..., "created": ...}
 REPO_LOGS = Path(__file__).resolve().parents[1] / "tuning_logs"
 
 
-def default_work_dir(model_key: str, target: str, input_size, batch: int = 1) -> Path:
-    """tuning_logs/<model>-<target>-<size>[-b<batch>]/ of this checkout (size 224 or 224x320)."""
-    return REPO_LOGS / artifact_name(model_key, target, input_size, batch).removeprefix("parcnetv2_")
+def log_name(model_key: str, target: str, input_size, batch: int = 1) -> str:
+    """<model>-<target>-<size>[-b<batch>] (size 224 or 224x320)."""
+    return artifact_name(model_key, target, input_size, batch).removeprefix("parcnetv2_")
+
+
+def cache_dir() -> Path:
+    """$PARCNET_TVM_CACHE, else $XDG_CACHE_HOME/parcnet-tvm, else ~/.cache/parcnet-tvm."""
+    if os.environ.get("PARCNET_TVM_CACHE"):
+        return Path(os.environ["PARCNET_TVM_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "parcnet-tvm"  # XDG: relative = unset
+
+
+def default_work_dir(model_key: str, target: str, input_size, batch: int, device_id: str) -> Path:
+    """Where a tuning run on `device_id` writes by default: in the cache, never in the checkout."""
+    return cache_dir() / "tuning" / log_name(model_key, target, input_size, batch) / device_id
+
+
+def shipped_log(model_key: str, target: str, input_size, batch: int = 1) -> Path:
+    """The log shipped in the checkout for this model, target, size and batch (may not exist)."""
+    return REPO_LOGS / log_name(model_key, target, input_size, batch)
+
+
+def is_shipped(work_dir) -> bool:
+    """Whether `work_dir` is (inside) the checkout's tuning_logs/: read-only."""
+    return Path(work_dir).resolve().is_relative_to(REPO_LOGS.resolve())
+
+
+def read_device(work_dir) -> str | None:
+    """The id of the device that measured the log's records, from its device.json (None: none there)."""
+    path = Path(work_dir) / DEVICE_FILE
+    if not path.is_file():
+        return None
+    obj = _parse(path.read_text())
+    if not (isinstance(obj, dict) and isinstance(obj.get("device"), str) and obj["device"]):
+        raise ParcnetError(f"{path} does not name a device (expected {{\"device\": \"<id>\", ...}}): restore it, "
+                           "or move the log away and tune again")
+    return obj["device"]
+
+
+def write_device(work_dir, device_id: str, description: str) -> None:
+    path = Path(work_dir) / DEVICE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _rewrite(path, [json.dumps({"device": device_id, "description": description,
+                                "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1)])
 
 
 def has_log(work_dir) -> bool:
@@ -126,8 +178,8 @@ def open_database(work_dir, create: bool = False, log=print) -> ms.database.JSON
             raise ParcnetError(f"no tuning log in {work_dir} (expected {WORKLOAD_FILE} and {RECORD_FILE}): "
                                "tune first (scripts/tune.py) or pass the folder tune.py wrote")
         work_dir.mkdir(parents=True, exist_ok=True)
-    if not create and not _writable(work_dir):
-        work_dir = _scratch_copy(work_dir)  # a log we only read need not be writable: repair a copy
+    if not create and (not _writable(work_dir) or is_shipped(work_dir)):
+        work_dir = _scratch_copy(work_dir)  # a log we only read (or ship) is never repaired in place: a copy is
     check_and_repair(work_dir, log)
     for attempt in range(2):
         try:
@@ -233,7 +285,8 @@ def database_summary(work_dir) -> dict:
     work_dir = Path(work_dir)
     return {"path": str(work_dir.resolve()),
             "workloads": len(_read_lines(work_dir / WORKLOAD_FILE)[0]),
-            "records": len(_read_lines(work_dir / RECORD_FILE)[0])}
+            "records": len(_read_lines(work_dir / RECORD_FILE)[0]),
+            "device": read_device(work_dir)}
 
 
 def log_target(work_dir) -> dict | None:

@@ -23,6 +23,8 @@ from parcnet_tvm.bench_op import (
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.runtime import why_not_runnable
 from parcnet_tvm.targets import cpu_model_name, get_target, host_cores
+from parcnet_tvm.tuning.device import check_build_log
+from parcnet_tvm.tuning_log import require_log
 
 
 def main(argv=None):
@@ -37,6 +39,7 @@ def main(argv=None):
     parser.add_argument("--tuning-log", help="MetaSchedule database: adds the ours-tuned row")
     parser.add_argument("--tune-trials", type=int, default=0, metavar="N",
                         help="first tune our op for each shape, N trials each, into --tuning-log")
+    parser.add_argument("--any-device", action="store_true", help="apply a --tuning-log measured on another device")
     parser.add_argument("--json", help="write the rows as JSON here")
     args = parser.parse_args(argv)
 
@@ -57,6 +60,9 @@ def main(argv=None):
             raise ParcnetError(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
     if args.tune_trials and not args.tuning_log:
         raise ParcnetError("--tune-trials needs --tuning-log DIR to write the database to")
+    if args.tuning_log and not args.tune_trials:  # tuning into it refuses another device's log itself
+        require_log(args.tuning_log)
+        check_build_log(args.tuning_log, named_target, any_device=args.any_device)
     impls = list(args.impl) + ([TUNED] if args.tuning_log else [])
     rows = []
     for shape in stage_shapes(args.model, args.input_size):

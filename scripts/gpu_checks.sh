@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Every CUDA check that needs a GPU, in one go (a GPU is lent for minutes: docs/gpu-loan.md says
-# how to bring TVM onto its machine first):
+# Every CUDA check that needs a GPU, in one go (docs/gpu-loan.md: bringing TVM and this repo to a
+# GPU machine without network access first):
 #   trace   XT at 64 (our build), kernel call by kernel call against the same graph built for the CPU
 #   tests   the GPU tests only (pytest -m gpu: our kernels for every knob value, the depth-wise
 #           kernels, a verified library, bench's CUDA worker)
 #   op      our oversized op against PyTorch's cuDNN depth-wise conv (scripts/bench_op.py)
 #   tune    MetaSchedule on T at batch 32 for TUNE_T_MIN minutes (default 3), then on XT at
-#           batch 1 for TUNE_XT_MIN (default 1.5), each built and verified; they continue the logs
-#           in tuning_logs/t-cuda-224-b32 and tuning_logs/xt-cuda-224 when there are some
+#           batch 1 for TUNE_XT_MIN (default 1.5), each built and verified; the logs go to this
+#           GPU's work dirs in the cache (<cache>/tuning/t-cuda-224-b32/cuda-<arch>/ ...; a shipped
+#           tuning_logs/ log of the same arch is their warm start) and are copied to OUT_DIR/<log>/
 #   bench   scripts/bench.py --target cuda for T and XT at batch 32, then batch 1, with the
 #           backends in BENCH_BACKENDS (default: all); the rows of both go to OUT/bench-cuda.json
 #   kernels TVM's default CUDA build kernel by kernel against its CPU build (diagnosis only,
@@ -49,8 +50,11 @@ for step in $steps; do
                   --time-budget "${TUNE_T_MIN:-3}" --compare 0
               run_step tune_xt_b1 python3 scripts/tune.py --target cuda --model xt --batch 1 \
                   --time-budget "${TUNE_XT_MIN:-1.5}" --compare 0
+              cache=$(python3 -c "from parcnet_tvm.tuning_log import cache_dir; print(cache_dir())")
               for log in t-cuda-224-b32 xt-cuda-224; do
-                  mkdir -p "$out/$log" && cp tuning_logs/$log/*.json "$out/$log/"
+                  for dir in "$cache/tuning/$log"/*/; do  # one per GPU arch (device.json names it)
+                      [ -d "$dir" ] && mkdir -p "$out/$log" && cp "$dir"*.json "$out/$log/"
+                  done
               done ;;
         bench|bench32) run_step bench_b32 python3 scripts/bench.py --target cuda --model t xt --batch 32 --repeat 20 \
                            --max-seconds 3 ${BENCH_BACKENDS:+--backends $BENCH_BACKENDS} --json "$out/bench_cuda_b32.json" --plot "$out/bench_cuda_b32.png" ;;&

@@ -1,6 +1,7 @@
 """board.py: measuring trials on a board through RPC (a tracker, or a direct address)."""
 
 import contextlib
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -85,8 +86,8 @@ def test_board_that_vanishes_gives_failed_trials_and_a_message(fused_xt, tmp_pat
     assert len(record_lines(tmp_path)) == 2  # recorded as failed trials, never lost
     # failed trials do not count as tuned: the rerun (board back) tunes the same tasks again
     assert record_counts(open_database(tmp_path), extract_tasks(fused, named, ONLY)) == [0] * summary.tasks
-    again = tune_fused_module(fused, named, tmp_path, TuneBudget(2, 64, 2), local_measurement(named), only=ONLY,
-                              log=lambda *_: None)
+    back = dataclasses.replace(local_measurement(named), device=measurement.device)  # the board back (here, by name)
+    again = tune_fused_module(fused, named, tmp_path, TuneBudget(2, 64, 2), back, only=ONLY, log=lambda *_: None)
     assert again.trials_new == 2 and again.trials_failed == 0 and again.best_ms
 
 

@@ -19,15 +19,26 @@ from support import (
     slow,
 )
 
+from parcnet_tvm import ParcnetError
 from parcnet_tvm import manifest as manifest_io
+from parcnet_tvm import tuning_log
 from parcnet_tvm.targets import get_target, local_cuda_arch
+from parcnet_tvm.tune import logs_of_run
 from parcnet_tvm.tuning.budget import TuneBudget
 from parcnet_tvm.tuning.measurement import local_measurement
 from parcnet_tvm.tuning.tasks import extract_tasks, tune_fused_module
 from parcnet_tvm.tuning_log import (
+    DEVICE_FILE,
     open_database,
     record_counts,
 )
+
+OTHER_CPU = "intel-f6-m106-icelake-server"
+
+
+def _measured_on(log_dir, device_id):
+    """Say in the log's device.json that `device_id` measured it."""
+    (log_dir / DEVICE_FILE).write_text(json.dumps({"device": device_id}))
 
 
 def test_tiny_tuning_run_builds_a_verified_tuned_library(tiny_run):
@@ -65,11 +76,16 @@ def test_task_allowance_follows_flop_share_unless_one_is_given():
     assert not given.by_flops and task_trial_caps(flops, given) == [24] * 5
 
 
-def test_rerun_continues_and_never_repeats_recorded_trials(tiny_run, fused_xt, tmp_path):
+def test_rerun_continues_in_the_cache_work_dir_and_never_repeats_recorded_trials(tiny_run, fused_xt, tmp_path,
+                                                                                 monkeypatch):
+    """The same command again: the first run (tiny_run, default work dir) is resumed in the cache."""
     fused, named = fused_xt, get_target("x86")
-    work = tmp_path / "log"
-    shutil.copytree(tiny_run[0] / "log", work)
+    shutil.copytree(tiny_run[0] / "cache", tmp_path / "cache")  # a copy: the fixture's log stays as it was
+    monkeypatch.setenv("PARCNET_TVM_CACHE", str(tmp_path / "cache"))
+    work, warm = logs_of_run("xt", "x86", (SMALL, SMALL), 1, local_measurement(named).device)
+    assert work.is_relative_to(tmp_path / "cache") and warm == []
     before = len(record_lines(work))
+    assert before >= 4
     again = tune_fused_module(fused, named, work, TuneBudget(8, 64, 2), local_measurement(named), only=ONLY,
                               log=lambda *_: None)
     assert again.stopped == "nothing to do" and again.trials_new == 0
@@ -78,6 +94,59 @@ def test_rerun_continues_and_never_repeats_recorded_trials(tiny_run, fused_xt, t
                              log=lambda *_: None)
     assert more.trials_before == before and 0 < more.trials_new <= 5  # 4 asked, batches of <= 2
     assert len(record_lines(work)) == before + more.trials_new
+
+
+def test_the_shipped_log_is_a_read_only_warm_start_of_its_own_device_only(tiny_run, fused_xt, tmp_path, monkeypatch):
+    """A checkout whose tuning_logs/ ships this model's log: the run writes to the cache, never
+    there; a shipped log of another device is neither copied nor counted as done."""
+    fused, named = fused_xt, get_target("x86")
+    device = local_measurement(named).device
+    monkeypatch.setattr(tuning_log, "REPO_LOGS", tmp_path / "checkout" / "tuning_logs")
+    monkeypatch.setenv("PARCNET_TVM_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "checkout" / "tuning_logs" / f"xt-x86-{SMALL}"
+    shutil.copytree(tiny_run[0] / "log", shipped, ignore=shutil.ignore_patterns("logs"))  # this device's records
+    def files():
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(shipped.rglob("*"))}
+    shipped_before = files()
+
+    work, warm = logs_of_run("xt", "x86", (SMALL, SMALL), 1, device)
+    assert work == tmp_path / "cache" / "tuning" / f"xt-x86-{SMALL}" / device.id and warm == [shipped]
+    summary = tune_fused_module(fused, named, work, TuneBudget(8, 64, 2), local_measurement(named), warm_start=warm,
+                                only=ONLY, log=lambda *_: None)
+    assert summary.from_warm_start >= 2 and len(record_lines(work)) >= summary.records_copied > 0
+    assert json.loads((work / DEVICE_FILE).read_text())["device"] == device.id
+    assert files() == shipped_before
+    with pytest.raises(ParcnetError, match="shipped with the checkout, which tuning never writes to"):
+        logs_of_run("xt", "x86", (SMALL, SMALL), 1, device, work_dir=shipped)
+
+    _measured_on(shipped, OTHER_CPU)
+    shipped_before = files()
+    messages = []
+    fresh = tune_fused_module(fused, named, tmp_path / "fresh", TuneBudget(2, 64, 2), local_measurement(named),
+                              warm_start=[shipped], only=ONLY, log=messages.append)
+    assert fresh.from_warm_start == fresh.records_copied == fresh.trials_before == 0 and fresh.trials_new >= 1
+    assert any(f"was measured on {OTHER_CPU}, not on this device ({device.id}): not used" in m for m in messages)
+    assert files() == shipped_before
+
+
+def test_a_work_dir_another_device_measured_is_refused(tiny_run, fused_xt, tmp_path):
+    fused, named = fused_xt, get_target("x86")
+    device = local_measurement(named).device
+    work = tmp_path / "log"
+    shutil.copytree(tiny_run[0] / "log", work)
+    _measured_on(work, OTHER_CPU)
+    before = (work / "database_tuning_record.json").read_bytes()
+    with pytest.raises(ParcnetError, match=f"was measured on {OTHER_CPU}, and this run measures on {device.id}"):
+        tune_fused_module(fused, named, work, TuneBudget(8, 64, 2), local_measurement(named), only=ONLY)
+    (work / DEVICE_FILE).unlink()  # records of an older tune.py: whose they are is not known
+    with pytest.raises(ParcnetError, match="does not say which device measured it"):
+        tune_fused_module(fused, named, work, TuneBudget(8, 64, 2), local_measurement(named), only=ONLY)
+    assert (work / "database_tuning_record.json").read_bytes() == before
+    _measured_on(work, OTHER_CPU)
+    done = run_script("tune.py", "--model", "xt", "--input-size", SMALL, "--work-dir", work, "--compare", 0)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
+    assert f"measured on {OTHER_CPU}" in done.stderr and "drop --work-dir" in done.stderr
+    assert (work / "database_tuning_record.json").read_bytes() == before
 
 
 def test_killed_run_keeps_every_committed_record(fused_xt, tmp_path):

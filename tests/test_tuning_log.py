@@ -1,4 +1,5 @@
-"""tuning_log.py: MetaSchedule's JSON databases; damaged lines reported and set aside."""
+"""tuning_log.py: MetaSchedule's JSON databases; damaged lines reported and set aside; where logs live and
+which device's logs a build applies (tuning/device.py)."""
 
 import json
 import shutil
@@ -7,7 +8,17 @@ import pytest
 from support import record_lines
 
 from parcnet_tvm import ParcnetError
-from parcnet_tvm.tuning_log import RECORD_FILE, WORKLOAD_FILE, open_database
+from parcnet_tvm.targets import get_target
+from parcnet_tvm.tuning.device import check_build_log, cpu_device, device_for
+from parcnet_tvm.tuning_log import (
+    DEVICE_FILE,
+    RECORD_FILE,
+    WORKLOAD_FILE,
+    cache_dir,
+    default_work_dir,
+    open_database,
+    read_device,
+)
 
 
 def test_corrupt_and_truncated_lines_are_reported_and_set_aside(tiny_run, tmp_path):
@@ -69,3 +80,91 @@ def test_a_log_that_cannot_be_written_is_read_without_repairing_it(tiny_run, tmp
     database = open_database(work, log=lambda *_: None)
     assert len(database.get_all_tuning_records()) == len(lines)
     assert (work / RECORD_FILE).read_bytes() == before and not list(work.glob("*.rejected"))
+
+
+AMD = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+INTEL = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 106\nmodel name\t: Intel Xeon\n"
+OTHER_CPU = "intel-f6-m106-icelake-server"
+
+
+def _measured_on(log_dir, device_id):
+    (log_dir / DEVICE_FILE).write_text(json.dumps({"device": device_id}))
+
+
+def test_the_default_work_dir_is_in_the_cache_one_per_device(tmp_path, monkeypatch):
+    from support import ROOT
+
+    from parcnet_tvm.tune import logs_of_run
+
+    amd, intel = cpu_device("znver4", AMD), cpu_device("icelake-server", INTEL)
+    assert (amd.id, intel.id) == ("amd-f25-m17-znver4", OTHER_CPU)
+    monkeypatch.setenv("PARCNET_TVM_CACHE", str(tmp_path / "cache"))
+    work, _ = logs_of_run("xt", "x86", (224, 224), 1, amd)
+    assert work == tmp_path / "cache" / "tuning" / "xt-x86-224" / amd.id
+    assert logs_of_run("xt", "x86", (224, 224), 1, intel)[0] != work and not work.is_relative_to(ROOT)
+    assert default_work_dir("t", "cuda", (224, 224), 32, "cuda-sm_90").parts[-2:] == ("t-cuda-224-b32", "cuda-sm_90")
+    monkeypatch.delenv("PARCNET_TVM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "parcnet-tvm"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "parcnet-tvm"
+    # the shipped log names the device it was tuned on, which is this one's kind of CPU
+    assert read_device(ROOT / "tuning_logs" / "xt-x86-224") == "amd-f25-m17-znver4"
+
+
+def test_a_build_applies_only_logs_of_its_own_device_unless_told(tiny_run, tmp_path):
+    from support import SMALL, run_script
+
+    from parcnet_tvm.build import BuildRequest, build_library
+
+    x86 = get_target("x86")
+    check_build_log(tiny_run[0] / "log", x86, log=pytest.fail)  # its own device's log: not a word
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run[0] / "log", other)
+    _measured_on(other, OTHER_CPU)
+    out = tmp_path / "xt.so"
+    with pytest.raises(ParcnetError, match=f"measured on {OTHER_CPU}, not on .* pass --any-device"):
+        build_library(BuildRequest(model="xt", input_size=SMALL, tuning_log=[other], output=str(out)),
+                      log=lambda *_: None)
+    messages = []
+    check_build_log(other, x86, any_device=True, log=messages.append)  # the opt-in: applied, with a warning
+    assert len(messages) == 1 and "applied as asked" in messages[0]
+    (other / DEVICE_FILE).unlink()  # an older log: whose records they are is not known
+    with pytest.raises(ParcnetError, match="does not say which device measured it"):
+        check_build_log(other, x86)
+    # ARM: the board is not known to a build: a real board's log, never an emulated one's
+    _measured_on(other, "rpc-rk3288")
+    check_build_log(other, get_target("arm"), log=pytest.fail)
+    _measured_on(other, "qemu-emulated-cortex-a17")
+    with pytest.raises(ParcnetError, match="not on a real board"):
+        check_build_log(other, get_target("arm"))
+    _measured_on(other, OTHER_CPU)
+    done = run_script("build.py", "--model", "xt", "--input-size", SMALL, "--tuning-log", other, "-o", out)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1 and "--any-device" in done.stderr
+    assert not out.exists() and "[1/4]" not in done.stdout
+
+
+def test_bench_tvm_tuned_never_uses_a_log_of_another_device(tiny_run, tmp_path, monkeypatch):
+    from support import SMALL
+
+    from parcnet_tvm import tuning_log
+    from parcnet_tvm.bench import BenchCase, bench_case
+    from parcnet_tvm.bench.cache import default_tuning_logs
+
+    monkeypatch.setattr(tuning_log, "REPO_LOGS", tmp_path / "tuning_logs")
+    monkeypatch.setenv("PARCNET_TVM_CACHE", str(tmp_path / "cache"))
+    case, device = BenchCase("xt", 1, (SMALL, SMALL)), device_for(get_target("x86"))
+    shipped = tmp_path / "tuning_logs" / f"xt-x86-{SMALL}"
+    shutil.copytree(tiny_run[0] / "log", shipped)
+    assert default_tuning_logs(case, device) == [shipped]
+    _measured_on(shipped, OTHER_CPU)
+    assert default_tuning_logs(case, device) == []
+    row, = bench_case(case, ["tvm-tuned"], 2, 1, 1, log=lambda *_: None)
+    assert "no tuning log of this device" in row["skipped"] and row["median_ms"] is None
+    row, = bench_case(case, ["tvm-tuned"], 2, 1, 1, tuning_logs=[shipped], log=lambda *_: None)
+    assert f"measured on {OTHER_CPU}" in row["skipped"] and row["median_ms"] is None
+    # tune.py's work dir of this device comes first
+    work = default_work_dir("xt", "x86", (SMALL, SMALL), 1, device.id)
+    shutil.copytree(tiny_run[0] / "log", work)
+    assert default_tuning_logs(case, device) == [work]

@@ -10,8 +10,10 @@ from .backends import BenchCase
 BENCH_DIR = Path("build") / "bench"
 
 
-def prepare_library(case: BenchCase, backend: str, tuning_logs, log) -> Path:
-    """The TVM library of `backend` for the case, built and verified once and then cached."""
+def prepare_library(case: BenchCase, backend: str, tuning_logs, log, device: str | None = None,
+                    any_device: bool = False) -> Path:
+    """The TVM library of `backend` for the case, built and verified once and then cached; a tuned
+    one from logs of `device` (tuning.device ids) unless `any_device`."""
     from .. import manifest as manifest_io
     from ..build import BuildRequest, build_library
     from ..runtime import why_not_runnable
@@ -23,7 +25,8 @@ def prepare_library(case: BenchCase, backend: str, tuning_logs, log) -> Path:
     out = BENCH_DIR / f"{manifest_io.artifact_name(case.model, case.target, case.input_size, case.batch)}-{tag}.so"
     request = BuildRequest(model=case.model, target=case.target, input_size=case.input_size, batch=case.batch,
                            output=str(out), tvm_default=backend == "tvm-untuned",
-                           tuning_log=list(tuning_logs) if backend == "tvm-tuned" else None)
+                           tuning_log=list(tuning_logs) if backend == "tvm-tuned" else None,
+                           device=device, any_device=any_device)
     if out.is_file() and out.with_suffix(".json").is_file():
         # Reused only if built by this pipeline from the same logs (same records), else rebuilt.
         manifest = manifest_io.read(out)
@@ -56,8 +59,16 @@ def prepare_onnx(case: BenchCase) -> Path:
     return out
 
 
-def default_tuning_logs(case: BenchCase) -> list[Path]:
-    from ..tuning_log import default_work_dir, has_log
+def default_tuning_logs(case: BenchCase, device) -> list[Path]:
+    """tvm-tuned's log on `device` (a tuning.device.Device): tune.py's work dir of this device,
+    else the shipped log if this device measured it; none for another device's."""
+    from ..tuning.device import other_device_problem
+    from ..tuning_log import default_work_dir, has_log, shipped_log
 
-    log_dir = default_work_dir(case.model, case.target, case.input_size, case.batch)
-    return [log_dir] if has_log(log_dir) else []
+    if device is None:
+        return []
+    work_dir = default_work_dir(case.model, case.target, case.input_size, case.batch, device.id)
+    if has_log(work_dir):
+        return [work_dir]
+    shipped = shipped_log(case.model, case.target, case.input_size, case.batch)
+    return [shipped] if has_log(shipped) and other_device_problem(shipped, device) is None else []
