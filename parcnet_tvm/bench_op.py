@@ -8,13 +8,12 @@ import torch.nn.functional as F
 import tvm
 from tvm import relax
 
-from schedules import op_passes
-
 from .model import VARIANTS, parse_input_size, stage_map_sizes, variant_key
 from .pipeline import PipelineOptions, compile_relax
 from .rewrite import rewrite_oversized_convs
+from .schedules import op_passes
 from .tables import markdown_table
-from .targets import NamedTarget, host_cores
+from .targets import NamedTarget, host_cores, use_threads
 from .timing import measure_ms
 from .tuning.tasks import tune_oversized_ops
 from .verify import load_vm
@@ -120,7 +119,7 @@ def bench_shape(shape_row: dict, named_target: NamedTarget, impls=IMPLS, batch: 
     gpu = named_target.name == "cuda"
     if gpu:  # PyTorch's baseline on the GPU: cuDNN's depth-wise conv
         x_t, wh_t, ww_t = x_t.cuda(), wh_t.cuda(), ww_t.cuda()
-    torch.set_num_threads(host_cores())
+    use_threads(host_cores())  # PyTorch and TVM alike (load_vm keeps it)
     device = named_target.device()
     rows = []
     for impl in impls:

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax
 
-from schedules import FROM_DATABASE, op_passes, schedule_kernels
-
 from .errors import ParcnetError
 from .fast_math import legalize_map
 from .layout import count_transposes, to_channels_last
 from .norm import fuse_layer_norms
 from .rewrite import rewrite_oversized_convs
+from .schedules import FROM_DATABASE, op_passes, schedule_kernels
 from .targets import NamedTarget
 from .tuning_log import apply_database
 

@@ -79,7 +79,29 @@ def cpu_model_name() -> str:
 
 
 def host_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(_allowed_cpus())
+
+
+def _allowed_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def use_threads(threads: int | None = None) -> int:
+    """Run TVM's CPU kernels (called from this thread) and PyTorch's ops on `threads` threads
+    (default: every core this process may use); returns the count TVM's pool now uses.
+
+    TVM sizes its pool from the topology (hardware threads / 2 on x86: 1 on a 2-vCPU VM)
+    unless it is given a CPU list, one per thread: mode -3 lets the threads share the listed
+    cores unpinned (cores repeat when `threads` exceeds them). A thread's pool is made by its
+    first call and keeps its size: later calls can lower the count, not raise it past that."""
+    import torch
+
+    threads = threads or host_cores()
+    cpus = _allowed_cpus()
+    cpus = [str(cpus[i % len(cpus)]) for i in range(threads)]
+    tvm.get_global_func("runtime.config_threadpool")(-3, threads, cpus)
+    torch.set_num_threads(threads)
+    return tvm.get_global_func("runtime.NumThreads")()
 
 
 def local_cuda_arch() -> str | None:

@@ -15,7 +15,7 @@ from tvm import relax
 from . import manifest as manifest_io
 from .errors import ParcnetError
 from .runtime import LIBRARIES, QEMU_CPU, run_emulated, run_runner, why_not_runnable
-from .targets import get_target
+from .targets import get_target, use_threads
 from .weights import model_from_manifest
 
 TOLERANCE = 1e-4
@@ -44,8 +44,10 @@ def reference_name(reference) -> str:
     return "PyTorch eager fp32" if isinstance(reference, torch.nn.Module) else "onnxruntime fp32 (CPU)"
 
 
-def load_vm(library, device) -> relax.VirtualMachine:
-    """A Relax VM over a library path or an in-memory executable."""
+def load_vm(library, device, threads: int | None = None) -> relax.VirtualMachine:
+    """A Relax VM over a library path or an in-memory executable, its CPU kernels (and PyTorch)
+    on `threads` threads when called from this thread (default: every core)."""
+    use_threads(threads)
     lib = tvm.runtime.load_module(str(library)) if isinstance(library, (str, Path)) else library
     return relax.VirtualMachine(lib, device)
 
@@ -80,7 +82,8 @@ def verify_against(model, library, named_target, input_shape) -> dict:
         return {"status": "skipped", "reason": reason}
     if named_target.emulated:  # ARM: the board runner under qemu, one call
         x = reference_input(input_shape)
-        result = compare(_run(lambda: run_emulated(library, x), library, input_shape), reference_output(model, x),
+        expected = reference_output(model, x)
+        result = compare(_run(lambda: run_emulated(library, x, expected.shape), library, input_shape), expected,
                          reference=reference_name(model))
         result["ran_on"] = f"qemu-arm -cpu {QEMU_CPU} (emulated board)"
         return result

@@ -10,7 +10,9 @@ x86/CUDA: each backend runs in a fresh process, one after the other, at the same
 rows give the median and p90 after warm-up and the peak memory the backend added (see
 parcnet_tvm/bench.py). ARM: the TVM libraries are checked and timed on the board through RPC;
 --pytorch-ms adds PyTorch's time measured on the board ([MODEL[@BATCH]=]MS, e.g. xt=812 t@32=9650).
-tvm-tuned uses --tuning-log, else the shipped log tuning_logs/<model>-<target>-<size>[-b<batch>]/.
+tvm-tuned uses --tuning-log, else this device's tune.py log (<cache>/tuning/<model>-<target>-<size>/<device>/),
+else the shipped log tuning_logs/<model>-<target>-<size>[-b<batch>]/ if this device measured it; a log
+measured on another device is refused (the row says so) unless --any-device.
 """
 
 import argparse
@@ -35,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--backends", nargs="+", choices=BACKENDS,
                         help="default: all that apply to the target")
     parser.add_argument("--tuning-log", nargs="+", default=[], metavar="DIR", help="logs for tvm-tuned")
+    parser.add_argument("--any-device", action="store_true",
+                        help="let tvm-tuned apply logs measured on another device (default: refused)")
     parser.add_argument("--json", metavar="OUT.json", help="write the rows as JSON")
     parser.add_argument("--plot", metavar="OUT.png", help="write a bar chart (matplotlib)")
     arm = board.add_board_arguments(parser, "run on the emulated board (qemu): checks correctness, shows no times")

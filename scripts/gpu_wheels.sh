@@ -1,40 +1,31 @@
 #!/usr/bin/env bash
-# The Python wheels a lent GPU machine lacks (it reaches no package registry; its python3 is
-# 3.12 with torch, onnx and onnxruntime), carried there in the working tree. A call carries at
-# most 64 MiB with the repo (~15 MB) and the apache-tvm wheel alone is ~100 MB, so the wheels
-# travel in parts, one call each, onto the same warm machine (its /tmp survives between calls):
-#   here:   bash scripts/gpu_wheels.sh download       -> .whl/part1 .. .whl/partN (45 MB at most each)
-#   there:  calls 1 .. N-1, carry [".whl/partK"]:     bash scripts/gpu_wheels.sh stash K
-#           call N, carry [".whl/partN"]:              bash scripts/gpu_wheels.sh install
-#           then every command:                        export PYTHONPATH=/tmp/site:$PWD
-# See docs/gpu-loan.md.
+# The Python wheels for a GPU machine that reaches no package registry (docs/gpu-loan.md):
+#   here:   bash scripts/gpu_wheels.sh download X.Y [ARCH]   -> .whl/ for its python3 X.Y (ARCH: x86_64)
+#   there:  bash scripts/gpu_wheels.sh install               -> .venv/ here, over the machine's own packages
+# pyproject's dependencies but torch (the machine's CUDA build is PyTorch's baseline there; a
+# torch wheel put in .whl/ is installed too), with xgboost-cpu for xgboost (MetaSchedule's cost
+# model, 6 MB instead of 58 with CUDA), plus pytest and matplotlib for gpu_checks.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stash=/tmp/gpu-wheels
+packages="apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 xgboost-cpu onnx onnxruntime numpy psutil
+          cloudpickle tornado pillow pytest matplotlib"
 case ${1:-} in
     download)
-        rm -rf .whl && mkdir -p .whl/download
-        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-            --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
-            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl/download \
-            apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 xgboost-cpu==3.4.1
-        tvm=$(ls .whl/download/apache_tvm-*.whl)
-        split -b 45M "$tvm" ".whl/download/$(basename "$tvm").part-"
-        rm "$tvm"
-        parts=0
-        for piece in .whl/download/*.part-*; do
-            parts=$((parts + 1)) && mkdir -p ".whl/part$parts" && mv "$piece" ".whl/part$parts/"
-        done
-        mv .whl/download/*.whl ".whl/part$parts/"  # the small wheels ride with the last piece
-        rm -rf .whl/download
-        grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
-        du -sh .whl/part* ;;
-    stash)
-        mkdir -p "$stash" && cp ".whl/part${2:?which part}"/* "$stash/" && ls -la "$stash" ;;
+        arch=${3:-x86_64}
+        rm -rf .whl && mkdir .whl
+        # setuptools: the editable install of this repo builds with it there
+        python3 -m pip download -q --only-binary=:all: --python-version "${2:?python version of the GPU machine, e.g. 3.12}" \
+            --implementation cp --platform "manylinux_2_28_$arch" --platform "manylinux_2_27_$arch" \
+            --platform "manylinux_2_24_$arch" --platform "manylinux_2_17_$arch" --platform "manylinux2014_$arch" \
+            -d .whl $packages setuptools
+        du -sh .whl ;;
     install)
-        mkdir -p "$stash" && cp "$(ls -d .whl/part* | sort -V | tail -1)"/* "$stash/"
-        for first in "$stash"/*.whl.part-aa; do cat "${first%-aa}"-* > "${first%.part-aa}"; done
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$stash"/*.whl
-        PYTHONPATH=/tmp/site:$PWD python3 -c "import tvm, torch; print('TVM', tvm.__version__, '| torch', torch.__version__)" ;;
-    *) echo "usage: bash scripts/gpu_wheels.sh download | stash K | install"; exit 2 ;;
+        # --system-site-packages: the machine's torch (CUDA) and whatever else it has stay in use
+        [ -x .venv/bin/pip ] || python3 -m venv --system-site-packages .venv
+        if ls .whl/torch-*.whl >/dev/null 2>&1; then packages="$packages torch"; fi
+        .venv/bin/python3 -m pip install -q --no-index --find-links .whl $packages
+        .venv/bin/python3 -m pip install -q --no-index --find-links .whl --no-deps -e .
+        .venv/bin/python3 -c "import tvm, torch, parcnet_tvm.schedules; print('TVM', tvm.__version__, '| torch', \
+torch.__version__, '| CUDA', torch.cuda.is_available())" ;;
+    *) echo "usage: bash scripts/gpu_wheels.sh download X.Y [ARCH] | install"; exit 2 ;;
 esac

@@ -19,11 +19,11 @@ import tvm
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.pipeline import PipelineOptions, compile_relax, fused_module
+from parcnet_tvm.schedules import apply_hand_schedules, rule_name, rules_for
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import (compare, first_divergence, load_vm, pytorch_output, reference_input, run_vm,
                                 trace_kernels)
 from parcnet_tvm.weights import prepare_model
-from schedules import apply_hand_schedules, rule_name, rules_for
 
 
 def rules_on_kernel(unscheduled, name: str, named, ref_call: dict) -> dict:

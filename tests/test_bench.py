@@ -1,4 +1,5 @@
-"""scripts/bench.py: every backend side by side on XT at 64x64, JSON rows, a PNG, skipped backends."""
+"""scripts/bench.py: every backend side by side on XT at 64x64 on the threads asked for, JSON rows,
+a PNG, skipped backends."""
 
 import json
 
@@ -15,8 +16,8 @@ def test_bench_runs_every_backend_and_writes_json_and_png(tmp_path):
     done = run_script("bench.py", "--model", "xt", "--input-size", SMALL, "--repeat", 2, "--max-seconds", 5,
                       "--json", out, "--plot", png, "--tuning-log", tmp_path / "no-such-log")
     assert done.returncode == 2 and "no tuning log" in done.stderr  # a log that is not there: one error
-    done = run_script("bench.py", "--model", "xt", "--input-size", SMALL, "--repeat", 2, "--max-seconds", 5,
-                      "--json", out, "--plot", png)
+    done = run_script("bench.py", "--model", "xt", "--input-size", SMALL, "--repeat", 5, "--max-seconds", 5,
+                      "--threads", 1, "--json", out, "--plot", png)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(out.read_text())
     by_backend = {r["backend"]: r for r in rows}
@@ -28,9 +29,12 @@ def test_bench_runs_every_backend_and_writes_json_and_png(tmp_path):
             assert row["median_ms"] is None and "no tuning log" in row["skipped"]
             continue
         assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"] and row["peak_mem_mb"] > 0
+        # --threads 1 holds for every backend, TVM's included: one thread of the worker ran the
+        # timed calls (with --threads 2, 2 for each but tvm-untuned, whose default kernels are serial)
+        assert row["busy_threads"] == 1, (name, row["busy_threads"])
     assert by_backend["pytorch-eager"]["speedup_vs_pytorch"] == 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert done.stdout.startswith("[bench]") and "Machine: " in done.stdout and "threads" in done.stdout
+    assert done.stdout.startswith("[bench]") and "Machine: " in done.stdout and ", 1 threads;" in done.stdout
     assert "| parcnetv2_xt | 1 | tvm-ours |" in done.stdout
 
 

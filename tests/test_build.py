@@ -14,10 +14,10 @@ from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.manifest import sha256
 from parcnet_tvm.pipeline import compile_prepared, prepare
+from parcnet_tvm.schedules.cuda import SHARED_BYTES
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import verify_library
 from parcnet_tvm.weights import prepare_model
-from schedules.cuda import SHARED_BYTES
 
 
 def test_x86_build_writes_verified_library_and_manifest(xt_small_x86):

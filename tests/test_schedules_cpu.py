@@ -9,11 +9,11 @@ import pytest
 import tvm
 from tvm import tirx
 
+from parcnet_tvm.schedules import hand_rule_for, schedule_kernels
+from parcnet_tvm.schedules.cpu_target import cpu_target
+from parcnet_tvm.schedules.cpu_tiling import register_tile_choices, tile_registers
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.tuning.tasks import extract_tasks, task_contexts
-from schedules import hand_rule_for, schedule_kernels
-from schedules.cpu_target import cpu_target
-from schedules.cpu_tiling import register_tile_choices, tile_registers
 
 # Every kernel family of ParCNetV2 and the rule that must schedule it.
 FAMILY_RULES = {

@@ -11,6 +11,8 @@ from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerResult
 
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.pipeline import PipelineOptions, fused_module, prepare, report
+from parcnet_tvm.schedules import schedule_kernels
+from parcnet_tvm.schedules.cuda_depthwise import DepthwiseConvCuda
 from parcnet_tvm.targets import get_target, local_cuda_arch
 from parcnet_tvm.tuning.budget import TuneBudget
 from parcnet_tvm.tuning.measurement import Measurement, PooledBuilder, _FinishedFuture
@@ -18,8 +20,6 @@ from parcnet_tvm.tuning.tasks import tune_fused_module
 from parcnet_tvm.tuning_log import open_database
 from parcnet_tvm.verify import load_vm, pytorch_output, reference_input, run_vm
 from parcnet_tvm.weights import prepare_model
-from schedules import schedule_kernels
-from schedules.cuda_depthwise import DepthwiseConvCuda
 
 
 def needs_gpu(test):
@@ -201,7 +201,7 @@ def _op_with_knob(algo, passes, value, monkeypatch):
     block; direct: channels per block) forced to `value`; with its inputs and expected output."""
     from test_oversized import _te_func
 
-    import schedules.cuda as cuda_schedules
+    import parcnet_tvm.schedules.cuda as cuda_schedules
 
     func, x, constants, expected = _te_func(24, 8, 12, algo, passes)
     monkeypatch.setattr(cuda_schedules, "knob", lambda sch, candidates, default, tunable: value)

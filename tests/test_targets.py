@@ -1,5 +1,8 @@
 """Named targets: CPU detection, target dicts, toolchain errors."""
 
+import subprocess
+import sys
+
 import pytest
 
 from parcnet_tvm import ParcnetError, targets
@@ -26,6 +29,17 @@ def test_host_target_is_detected_cpu_with_core_count():
     assert target["kind"] == "llvm"
     assert target["mcpu"] == targets.detect_x86_mcpu()
     assert target["num-cores"] == targets.host_cores()
+
+
+def test_use_threads_sets_tvm_and_pytorch_threads_in_a_fresh_process():
+    """TVM alone sizes its pool from the topology (1 thread on a 2-vCPU VM): use_threads gives it
+    every core, or the count asked for, and PyTorch the same."""
+    code = ("import torch; from parcnet_tvm.targets import use_threads; import sys\n"
+            "print(use_threads(int(sys.argv[1])), torch.get_num_threads())")
+    for asked, expected in ((0, targets.host_cores()), (1, 1), (3, 3)):
+        done = subprocess.run([sys.executable, "-c", code, str(asked)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [str(expected)] * 2, (asked, done.stdout)
 
 
 def test_arm_target_is_cortex_a17_hard_float():

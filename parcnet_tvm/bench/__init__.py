@@ -9,6 +9,8 @@ importing torch, TVM and ONNX Runtime and before creating the backend, i.e. what
 itself added at its peak: weights, activations, workspaces, compiled code. On CUDA it is the
 GPU memory in use after the runs (cudaMemGetInfo) minus the same before the backend was made:
 PyTorch's caching allocator and TVM's pooled allocator both keep their peak allocations.
+`busy_threads` (JSON) counts the worker's threads that ran at least a quarter as long as the
+busiest during the timed runs: what `--threads` gave each backend, TVM's included.
 
 ARM: the TVM libraries are uploaded to the board through RPC, their output is checked against
 PyTorch's (computed here), then they are timed there (`time_evaluator`, one call per sample).
@@ -17,7 +19,10 @@ The emulated board (qemu) checks correctness and gives the RK3288 estimate (esti
 counted work and a cost model calibrated on published board times); emulated time is never shown.
 
 TVM libraries are built (and verified against PyTorch, like every library of the pipeline)
-by the parent and cached under build/bench/; ONNX files likewise.
+by the parent and cached under build/bench/; ONNX files likewise. `tvm-tuned` applies only logs
+measured on the device being timed (this CPU, the GPU, the board; `tuning.device`): by default
+this device's tune.py work dir, else the shipped log if this device measured it; a log of
+another device is a skipped row saying so, unless `any_device` (--any-device).
 
 Modules: backends (what is compared), worker (one backend in a fresh process), cache (the
 libraries and ONNX files), board (ARM through RPC), report (header, table, JSON, plot); the
@@ -34,6 +39,7 @@ from .. import board
 from ..errors import ParcnetError
 from ..model import parse_input_size, variant_key
 from ..targets import get_target, local_cuda_arch
+from ..tuning.device import Device, check_build_log, device_for
 from ..tuning_log import has_log
 from .backends import (
     BACKENDS,
@@ -64,23 +70,30 @@ def _skip(row: dict, reason: str, log) -> dict:
 
 
 def bench_case(case: BenchCase, backends, repeat: int, threads: int, max_seconds: float, tuning_logs=None,
-               log=print, board: Board | None = None, pytorch_ms: float | None = None) -> list[dict]:
+               log=print, board: Board | None = None, pytorch_ms: float | None = None,
+               device: Device | None = None, any_device: bool = False) -> list[dict]:
     """Rows for one (model, batch): every backend timed in turn, or marked skipped with why.
-    With `board` (ARM) the TVM libraries run there and `pytorch_ms` is the user's board time."""
+    With `board` (ARM) the TVM libraries run there and `pytorch_ms` is the user's board time.
+    `device`: what the libraries run on (default: this CPU or GPU); tvm-tuned applies only its logs."""
     rows = []
-    logs = list(tuning_logs) if tuning_logs else default_tuning_logs(case)
+    device = device or device_for(get_target(case.target))
+    logs = list(tuning_logs) if tuning_logs else default_tuning_logs(case, device)
     reference = _board_reference(case) if board else None
     for backend in backends:
         row = _new_row(case, backend)
         reason = missing_backend(backend, case.target)
         if backend == "tvm-tuned" and not logs:
-            reason = (f"no tuning log for {case.model} at this size and batch (tune it: scripts/tune.py "
-                      f"--target {case.target} --model {case.model} --batch {case.batch}, or pass --tuning-log)")
+            reason = (f"no tuning log of this device ({getattr(device, 'id', 'no board')}) for {case.model} at this "
+                      f"size and batch (tune it: scripts/tune.py --target {case.target} --model {case.model} "
+                      f"--batch {case.batch}, or pass --tuning-log)")
+        elif backend == "tvm-tuned":  # here, not only in the build: a cached library is not rebuilt
+            reason = _foreign_log(logs, case, device, any_device, log)
         if reason:
             rows.append(_skip(row, reason, log))
             continue
         try:
-            library = prepare_library(case, backend, logs, log) if backend in TVM_BACKENDS else None
+            library = prepare_library(case, backend, logs, log, getattr(device, "id", None), any_device) \
+                if backend in TVM_BACKENDS else None
             if board:
                 result = _bench_on_board(backend, library, board, reference, repeat, pytorch_ms)
             else:
@@ -94,7 +107,7 @@ def bench_case(case: BenchCase, backends, repeat: int, threads: int, max_seconds
             rows.append(_skip(row, str(err), log))
             continue
         row.update({k: result[k] for k in ("median_ms", "p90_ms", "peak_mem_mb", "repeat", "max_abs_error",
-                                           "source") if k in result})
+                                           "source", "busy_threads") if k in result})
         if board and board.emulated and library is not None:
             _add_estimate(row, library, case, log)
         log(f"[bench] {row['model']} b{case.batch} {backend}: " + _describe(row))
@@ -104,6 +117,17 @@ def bench_case(case: BenchCase, backends, repeat: int, threads: int, max_seconds
         if eager and row["median_ms"]:
             row["speedup_vs_pytorch"] = round(eager / row["median_ms"], 3)
     return rows
+
+
+def _foreign_log(logs, case: BenchCase, device: Device | None, any_device: bool, log) -> str | None:
+    """Why tvm-tuned may not use these logs on `device` (None: it may)."""
+    try:
+        for log_dir in logs:
+            check_build_log(log_dir, get_target(case.target), getattr(device, "id", None), any_device, log)
+    except ParcnetError as err:
+        return str(err)
+    return None
+
 
 def _add_estimate(row: dict, library, case: BenchCase, log) -> None:
     """The RK3288 estimate of a library checked on the emulated board (never a latency)."""
@@ -133,6 +157,7 @@ class BenchRequest:
     rpc_tracker: str | None = None
     rpc_key: str | None = None
     pytorch_ms: list = field(default_factory=list)
+    any_device: bool = False  # tvm-tuned may apply logs measured on another device
 
 
 def parse_pytorch_ms(values, models, batches) -> dict:
@@ -197,11 +222,14 @@ def run_bench(args: BenchRequest, log=print) -> list[dict]:
         the_board = None if chosen is None else Board(
             functools.partial(board.connect, chosen.tracker, chosen.key, chosen.direct, session_timeout=600),
             chosen.where, chosen.emulated)
+        device = device_for(named) if chosen is None else \
+            device_for(named, chosen.tracker, chosen.key, chosen.direct, chosen.emulated)
         for batch in args.batch:
             for model in models:
                 rows += bench_case(BenchCase(model, batch, size, named.name), backends, args.repeat, args.threads,
                                    args.max_seconds, args.tuning_log or None, log, board=the_board,
-                                   pytorch_ms=pytorch_ms.get((model, batch)))
+                                   pytorch_ms=pytorch_ms.get((model, batch)), device=device,
+                                   any_device=args.any_device)
         header = machine_header(args.threads, named.name, the_board)
     log(format_table(rows, header))
     if args.json:

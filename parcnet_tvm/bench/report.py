@@ -104,7 +104,8 @@ def format_table(rows: list[dict], header: str) -> str:
 def json_rows(rows: list[dict]) -> list[dict]:
     keys = ("model", "target", "batch", "input_size", "backend", "median_ms", "p90_ms", "peak_mem_mb",
             "speedup_vs_pytorch")
-    extra = ("skipped", "max_abs_error", "source", "gpu", "rk3288_estimate_ms", "rk3288_estimate_ms_1t")
+    extra = ("skipped", "max_abs_error", "source", "gpu", "rk3288_estimate_ms", "rk3288_estimate_ms_1t",
+             "busy_threads")
     return [{k: r[k] for k in keys} | {k: r[k] for k in extra if r.get(k) is not None} for r in rows]
 
 

@@ -4,6 +4,7 @@ same warm-up, repeats and memory accounting for every backend, on x86 and CUDA."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,6 +19,31 @@ def _status_mb(field: str) -> float:
     return 0.0
 
 
+def _thread_cpu_ns() -> dict[str, int]:
+    """CPU time each thread of this process has run so far, ns (schedstat; else stat's ticks)."""
+    times = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as stat:
+                times[tid] = int(stat.read().split()[0])
+        except FileNotFoundError:  # a kernel without schedstat, or a thread that has ended
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()  # utime, stime: fields 14, 15
+                times[tid] = (int(fields[11]) + int(fields[12])) * 10**9 // os.sysconf("SC_CLK_TCK")
+            except FileNotFoundError:
+                pass
+    return times
+
+
+def busy_threads(before: dict[str, int], after: dict[str, int]) -> int:
+    """Threads that ran at least a quarter as long as the busiest one between two
+    _thread_cpu_ns() readings: the threads a backend really used, however loaded the machine."""
+    ran = [ns - before.get(tid, 0) for tid, ns in after.items()]
+    busiest = max(ran, default=0)
+    return sum(ns >= busiest / 4 for ns in ran) if busiest > 0 else 0
+
+
 def _gpu_used_mb() -> float:
     import torch
 
@@ -29,11 +55,12 @@ def worker(spec: dict) -> dict:
     """Time one backend in this (fresh) process; returns the timing and memory figures."""
     import torch
 
+    from ..targets import use_threads
     from ..timing import measure_ms
     from ..verify import reference_input
     from ..weights import prepare_model
 
-    torch.set_num_threads(spec["threads"])
+    use_threads(spec["threads"])  # PyTorch (torch.compile's kernels too) and TVM; ONNX Runtime below
     shape = (spec["batch"], 3, *spec["input_size"])
     x = reference_input(shape)
     backend = spec["backend"]
@@ -78,7 +105,7 @@ def worker(spec: dict) -> dict:
         from ..verify import load_vm
 
         device = tvm.cuda(0) if cuda else tvm.cpu(0)
-        main = load_vm(spec["library"], device)["main"]
+        main = load_vm(spec["library"], device, spec["threads"])["main"]
         x_tvm = tvm.runtime.tensor(x, device)
         sync = device.sync if cuda else None
 
@@ -91,10 +118,13 @@ def worker(spec: dict) -> dict:
     one = measure_ms(run, repeat=1, warmup=0, sync=sync)["samples_ms"]
     repeat = max(2, min(spec["repeat"], int(spec["max_seconds"] * 1e3 / max(one[0], 1e-3))))
     capped = repeat < spec["repeat"]
+    threads_before = _thread_cpu_ns()
     timing = measure_ms(run, repeat=repeat - 1 if capped else repeat, warmup=0 if capped else 1, sync=sync,
                         first_samples=one if capped else ())
+    busy = busy_threads(threads_before, _thread_cpu_ns())
     peak = (memory_now() if cuda else _status_mb("VmHWM")) - baseline
-    return {**timing, "peak_mem_mb": round(peak, 1), "before_mb": round(baseline, 1)}
+    return {**timing, "peak_mem_mb": round(peak, 1), "before_mb": round(baseline, 1),
+            "busy_threads": busy}
 
 
 def _run_worker(spec: dict) -> dict:

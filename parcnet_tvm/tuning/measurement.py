@@ -24,7 +24,8 @@ from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 
 from .. import board
 from ..errors import ParcnetError
-from ..targets import ARM_CXX, NamedTarget, host_cores
+from ..targets import ARM_CXX, NamedTarget, host_cores, use_threads
+from .device import Device, device_for
 
 
 @derived_object
@@ -108,6 +109,16 @@ def _trial_session(rpc_config: RPCConfig, tracker=None, key=None, direct=None):
     return board.connect(tracker, key, direct, session_timeout=rpc_config.session_timeout_sec)
 
 
+def _timed_on_every_core(rt_mod, device, evaluator_config, repeated_args):
+    """LocalRunner's evaluator (runs in its worker process): MetaSchedule's own, with TVM's
+    thread pool on every core first (nothing sets TVM_NUM_THREADS for the worker, and TVM
+    alone sizes its pool from the topology: 1 thread on a 2-vCPU VM)."""
+    from tvm.s_tir.meta_schedule.runner.local_runner import default_run_evaluator as run_here
+
+    use_threads()
+    return run_here(rt_mod, device, evaluator_config, repeated_args)
+
+
 def _fill_from_host(tensor) -> None:
     """Random inputs made here and copied to the board: our RPC server carries no
     tvm.contrib.random (MetaSchedule's default filler), and a trial's inputs are small."""
@@ -149,6 +160,7 @@ class Measurement:
     runner: object
     where: str
     ledger: Path | None = None  # board measurements: one line per measured trial naming its board
+    device: Device | None = None  # whose timings the records are (the work dir must be this device's)
 
     @property
     def emulated(self) -> bool:
@@ -160,8 +172,10 @@ def local_measurement(named: NamedTarget) -> Measurement:
     # then measures several times as many candidates as with the CPUs' 50 ms.
     min_repeat_ms = 10 if named.name == "cuda" else 50
     runner = LocalRunner(timeout_sec=60, evaluator_config=EvaluatorConfig(number=3, repeat=1,
-                                                                          min_repeat_ms=min_repeat_ms))
-    return Measurement("local", PooledBuilder(host_cores()), SerialRunner(runner), f"this machine ({named.description})")
+                                                                          min_repeat_ms=min_repeat_ms),
+                         f_run_evaluator=_timed_on_every_core)
+    return Measurement("local", PooledBuilder(host_cores()), SerialRunner(runner),
+                       f"this machine ({named.description})", device=device_for(named))
 
 
 def rpc_measurement(named: NamedTarget, tracker: str | None = None, key: str | None = None,
@@ -188,4 +202,5 @@ def rpc_measurement(named: NamedTarget, tracker: str | None = None, key: str | N
     export = export_arm_artifact if named.name == "arm" else None
     builder = PooledBuilder(host_cores(), f_export=export)
     return Measurement("emulated" if emulated else "rpc", builder,
-                       SerialRunner(runner) if emulated else runner, where, ledger)
+                       SerialRunner(runner) if emulated else runner, where, ledger,
+                       device_for(named, tracker, key, direct, emulated))

@@ -12,13 +12,13 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
 from tvm.s_tir.meta_schedule.utils import fork_seed
 
-from schedules import hand_rule_for, hand_rule_space, register_metaschedule_rules
-
 from ..errors import ParcnetError
 from ..rewrite import PRIMFUNC_PREFIX
+from ..schedules import hand_rule_for, hand_rule_space, register_metaschedule_rules
 from ..targets import NamedTarget, host_cores
 from ..tuning_log import copy_records, open_database, record_counts
 from .budget import TuneBudget, task_flops, task_trial_caps, write_budget_record
+from .device import claim_work_dir, other_device_problem
 from .measurement import Measurement, local_measurement, trials_by_board
 from .progress import TuningProgress
 from .scheduler import GradientScheduler
@@ -85,13 +85,18 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
                       measurement: Measurement, warm_start=(), only=None, seed: int | None = None,
                       log=print, tasks=None, design_space: str = "ours") -> TuneSummary:
     """Tune the fused module's tasks (`tasks`, if the caller extracted them already) into the JSON
-    database in `work_dir` (created or resumed), each within `design_space` (see task_contexts)."""
+    database in `work_dir` (created or resumed), each within `design_space` (see task_contexts).
+    `work_dir` and the `warm_start` logs are used only if the measurement's device measured them."""
     work_dir = Path(work_dir)
+    if measurement.device is None:
+        raise ParcnetError(f"nothing here measures {named.name} trials: give a board (--rpc-tracker/--rpc/--emulate)")
+    claim_work_dir(work_dir, measurement.device)
     database = open_database(work_dir, create=True, log=log)
     tasks = extract_tasks(fused, named, only) if tasks is None else tasks
     summary = TuneSummary(work_dir=str(work_dir), tasks=len(tasks))
 
     warm = set()
+    warm_start = same_device_logs(warm_start, measurement.device, log)
     for source_dir in warm_start:
         source = open_database(source_dir, log=log)
         for i, task in enumerate(tasks):
@@ -161,6 +166,18 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
     return summary
 
 
+def same_device_logs(logs, device, log) -> list:
+    """The logs `device` measured; the others are said and left out (never counted as done)."""
+    usable = []
+    for log_dir in logs:
+        problem = other_device_problem(log_dir, device)
+        if problem:
+            log(f"      warm start: {problem}: not used (another device's records are not this one's trials)")
+        else:
+            usable.append(log_dir)
+    return usable
+
+
 def _quiet_metaschedule_console() -> None:
     """MetaSchedule logs every trial to the console; its per-task logs stay in work_dir/logs."""
     import logging
@@ -182,9 +199,9 @@ def tune_oversized_ops(mod: tvm.IRModule, named_target: NamedTarget, work_dir, t
     funcs = oversized_prim_funcs(mod)
     if not len(funcs.functions_items()):
         raise ParcnetError("the module has no oversized-op PrimFuncs: rewrite it first")
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
     register_metaschedule_rules(named_target.target)  # the op's blocks are annotated with its rule
     measurement = local_measurement(named_target)  # pooled builds, one measurement at a time
+    claim_work_dir(work_dir, measurement.device)  # creates it; refuses another device's
     return ms.tune_tir(funcs, named_target.target, str(work_dir), max_trials_global=trials,
                        num_trials_per_iter=trials_per_iter, builder=measurement.builder,
                        runner=measurement.runner, cost_model="xgb", strategy="evolutionary",
