@@ -9,26 +9,44 @@ from pathlib import Path
 
 from . import manifest as manifest_io
 from .errors import ParcnetError
-from .runtime import LIBRARIES, PROGRAMS, runtime_dir, runtime_is_built
+from .input_contract import CLASS_NAMES
+from .runtime import LIBRARIES, PROGRAMS, SOURCE_DIR, runtime_dir, runtime_is_built
 from .verify import check_bundle_top5
 
 LEGAL_DIR = Path(__file__).resolve().parents[1]  # the checkout's LICENSE and NOTICE
 BOARD_README = """# {name}: ParCNetV2 for ARM Cortex-A17 (RK3288), built by parcnet-tvm
 
 Files: `{library}` (the model), `{manifest}` (what it is: model, input shape, target,
-verification), `libtvm_runtime.so` + `libtvm_ffi.so` (the TVM runtime), `parcnet_runner`,
-`parcnet_rpc_server`.
+verification, and the input contract: how an image is preprocessed), `imagenet_classes.txt`
+(class names, one per line in label order), `libparcnet.so` + `parcnet.h` (the C API),
+`libtvm_runtime.so` + `libtvm_ffi.so` (the TVM runtime), `parcnet_runner`, `parcnet_rpc_server`,
+`example/` (a C++ application over the C API, with its CMake file).
 
 ## Copy to the board
     scp -r {name} user@board:~/
 
 ## Run (on the board)
     cd ~/{name}
-    ./parcnet_runner {library} --input cat.jpg            # prints the top-5 ImageNet classes
+    ./parcnet_runner {library} --input cat.jpg            # prints the top-5 ImageNet classes, named
     ./parcnet_runner {library} --input x.raw --output y.raw   # raw float32 in, logits out
 
-An image (JPEG/PNG/BMP/PPM) is preprocessed like ImageNet evaluation (resize, centre crop
-{height}x{width}, normalise); a .raw file must hold float32 NCHW data of shape {shape}.
+An image (JPEG/PNG/BMP/PPM) is preprocessed by the manifest's input contract, the official
+evaluation's: resize (bicubic, shorter side to {resize}), centre crop {height}x{width}, scale to
+[0,1], normalise by the ImageNet mean and std; a .raw file must hold float32 NCHW data of shape
+{shape}. `--save-input x.raw` writes what the model was given.
+
+## Call it from your application (C API: parcnet.h, libparcnet.so)
+    parcnet_model* model;
+    parcnet_load("{library}", NULL, &model);                  // 0 on success, else parcnet_error()
+    parcnet_preprocess_file(model, "cat.jpg", input, 3*{height}*{width});  // or parcnet_preprocess_rgb
+    parcnet_run(model, input, input_count, logits, logits_count, 4);   // 4 threads
+    parcnet_class_name(model, index); parcnet_free(model);
+Every buffer is yours; no C++ type crosses the interface, so any compiler can call it.
+Build the example on the board (`cmake` and a C++ compiler installed):
+    cd example && cmake -S . -B build && cmake --build build
+    ./build/classify ../{library} cat.jpg
+or cross-build it on the host with the toolchain the runtime was built with:
+    cmake -S example -B build -DCMAKE_TOOLCHAIN_FILE=<parcnet-tvm>/parcnet_tvm/arm_runtime/zig-toolchain.cmake
 
 ## Benchmark (on the board)
     ./parcnet_runner {library} --input x.raw --repeat 50   # median and p90 latency
@@ -105,10 +123,16 @@ def package(library, out_dir, runtime: Path | None = None, check: bool = False) 
         _, _, height, width = info["input_shape"]
         (partial / "README.md").write_text(BOARD_README.format(
             name=out_dir.name, library=library.name, manifest=manifest_io.path_for(library).name,
-            height=height, width=width, shape="x".join(map(str, info["input_shape"]))))
+            height=height, width=width, shape="x".join(map(str, info["input_shape"])),
+            resize=info.get("input", {}).get("resize", {}).get("shorter_side", "the manifest's size")))
         (partial / "parcnet-rpc.service").write_text(SYSTEMD_UNIT.format(name=out_dir.name))
         for name in ("LICENSE", "NOTICE"):  # what the bundle redistributes, and under which terms
             shutil.copy2(LEGAL_DIR / name, partial / name)
+        # the C API's header and example; the class names the manifest's output names
+        shutil.copy2(SOURCE_DIR / "parcnet.h", partial / "parcnet.h")
+        shutil.copytree(SOURCE_DIR / "example", partial / "example")
+        if info.get("output", {}).get("class_names") == CLASS_NAMES.name:
+            shutil.copy2(CLASS_NAMES, partial / CLASS_NAMES.name)
         report = check_bundle_top5(partial) if check else None
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 import tvm
 
 from . import manifest as manifest_io
+from .input_contract import input_contract, output_contract
 from .errors import ParcnetError
 from .fast_math import uses_fast_erf
 from .frontend import import_model, import_onnx_file
@@ -25,7 +26,8 @@ from .pipeline import (
     uses_cuda_graph,
 )
 from .targets import get_target
-from .tuning_log import database_summary, require_log
+from .tuning.device import check_build_log
+from .tuning_log import check_log_target, database_summary, require_log
 from .verify import raise_on_failure, verify_against
 from .weights import WEIGHT_SEED, prepare_model
 
@@ -49,6 +51,8 @@ class BuildRequest:
     tvm_default: bool = False     # TVM's default build of everything: the untuned baseline
     tuning_log: object = None     # a tuning log dir (or a list of them) to apply
     logs_must_apply: bool = True  # a log that gives no kernel its schedule is an error
+    device: str | None = None     # the device the library is for (tuning.device ids; default: this CPU / the GPU arch)
+    any_device: bool = False      # apply logs another device measured (default: refused)
     exact_math: bool = False      # keep libm erf in GELU instead of the fast polynomial
     cuda_graph: bool = True       # CUDA: replay the kernels from a CUDA graph (pipeline.uses_cuda_graph)
 
@@ -82,6 +86,13 @@ def check_onnx_request(onnx, checkpoint, resize_kernels) -> None:
                            "was exported with: export it from a model built that way instead")
 
 
+def returned_shape(mod) -> tuple[int, ...]:
+    """The shape of what the imported module's main returns (its first output)."""
+    info = mod["main"].ret_ty  # TVM 0.27's name for the return struct info
+    info = info.fields[0] if hasattr(info, "fields") else info
+    return tuple(int(d) for d in info.shape.values)
+
+
 def build_library(request: BuildRequest, log=print) -> dict:
     """Build, export and verify one library; returns its manifest (also written beside it)."""
     named_target = get_target(request.target, cuda_arch=request.cuda_arch, mcpu=request.mcpu)
@@ -99,6 +110,8 @@ def build_library(request: BuildRequest, log=print) -> dict:
         raise ParcnetError("a tuning log applies to our pipeline, not to --tvm-default-schedules: drop one of them")
     for log_dir in tuning_logs:
         require_log(log_dir)
+        check_log_target(log_dir, named_target, log=lambda *_: None)  # another kind of device: refused first
+        check_build_log(log_dir, named_target, request.device, request.any_device, log)
     input_shape = (request.batch, 3, *input_size)
     log(f"target: {named_target.description}")
 
@@ -142,6 +155,10 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "model": model.name if request.onnx else model.variant.name,
         "input_size": list(input_size),
         "input_shape": list(input_shape),
+        # the input contract (official evaluation preprocessing) and the output, for the runner,
+        # the C API and the Python API: input_contract.py
+        "input": input_contract(input_shape, assumed=bool(request.onnx)),
+        "output": output_contract(*returned_shape(mod)),
         "resize_kernels": request.resize_kernels,
         "dtype": "float32",
         "frontend": frontend,

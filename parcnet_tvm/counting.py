@@ -145,6 +145,5 @@ def count_library(library, input_shape, threads: int, *, blocks: bool = False, r
     with tempfile.TemporaryDirectory() as tmp:
         inp = Path(tmp) / "input.raw"
         np.random.default_rng(0).standard_normal(input_shape).astype(np.float32).tofile(inp)
-        shape = ",".join(str(d) for d in input_shape)
-        return count_program([runtime / "parcnet_runner", library, "--input", inp, "--shape", shape, "--repeat", "1",
+        return count_program([runtime / "parcnet_runner", library, "--input", inp, "--repeat", "1",
                               "--threads", threads], threads, blocks=blocks, libdir=runtime)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -32,7 +33,7 @@ from .targets import NamedTarget, local_cuda_arch
 SOURCE_DIR = Path(__file__).resolve().parent / "arm_runtime"
 # Beside the package (the checkout's build/ for the usual editable install), whatever the cwd.
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "build" / "arm-runtime"
-LIBRARIES = ("libtvm_ffi.so", "libtvm_runtime.so")
+LIBRARIES = ("libtvm_ffi.so", "libtvm_runtime.so", "libparcnet.so")  # libparcnet: the C API (parcnet.h)
 PROGRAMS = ("parcnet_runner", "parcnet_rpc_server")
 CROSS_PREFIX = "arm-linux-gnueabihf-"
 SYSROOT = "/usr/arm-linux-gnueabihf"
@@ -77,7 +78,9 @@ def wheel_dirs() -> tuple[Path, Path]:
 
 
 def _our_sources() -> list[Path]:
-    return sorted(p for p in SOURCE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    """What the build compiles (example/ is built by the user, against a bundle)."""
+    return sorted(p for p in SOURCE_DIR.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and "example" not in p.relative_to(SOURCE_DIR).parts)
 
 
 def cache_key() -> str:
@@ -181,16 +184,18 @@ def run_runner(library, args: list[str], runtime: Path | None = None,
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def run_emulated(library, x: np.ndarray, runtime: Path | None = None) -> np.ndarray:
-    """The library's output for input `x`, computed by the runner under qemu."""
+def run_emulated(library, x: np.ndarray, output_shape, runtime: Path | None = None) -> np.ndarray:
+    """The library's output (of `output_shape`) for input `x`, computed by the runner under qemu.
+    The runner reads shapes from a manifest: one is written for it (the library being verified
+    has none yet)."""
     with tempfile.TemporaryDirectory() as tmp:
-        inp, out = Path(tmp) / "input.raw", Path(tmp) / "output.raw"
+        inp, out, manifest = Path(tmp) / "input.raw", Path(tmp) / "output.raw", Path(tmp) / "shapes.json"
         np.ascontiguousarray(x, dtype=np.float32).tofile(inp)
-        shape = ",".join(str(d) for d in x.shape)
-        done = run_runner(library, ["--input", str(inp), "--shape", shape, "--output", str(out)], runtime)
+        manifest.write_text(json.dumps({"input_shape": list(x.shape), "output": {"shape": list(output_shape)}}))
+        done = run_runner(library, ["--input", str(inp), "--manifest", str(manifest), "--output", str(out)], runtime)
         if done.returncode != 0:
             raise ParcnetError(f"the ARM runner failed under qemu: {done.stderr.strip()[-2000:]}")
-        return np.fromfile(out, dtype=np.float32).reshape(x.shape[0], -1)
+        return np.fromfile(out, dtype=np.float32).reshape(output_shape)
 
 
 def why_not_emulated() -> str | None:

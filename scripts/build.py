@@ -6,8 +6,7 @@
 
 import argparse
 
-from parcnet_tvm import manifest as manifest_io
-from parcnet_tvm.build import BuildRequest, build_library
+from parcnet_tvm import compile, manifest as manifest_io
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.errors import ParcnetError
 from parcnet_tvm.frontend import FRONTENDS
@@ -40,7 +39,9 @@ def parse_args(argv=None):
     parser.add_argument("--oversized-algo", default="auto", choices=ALGOS,
                         help="algorithm of our oversized op (default: auto, see parcnet_tvm/oversized.py)")
     parser.add_argument("--tuning-log", nargs="+", default=[], metavar="DIR",
-                        help="apply these tuning logs (work dirs of scripts/tune.py)")
+                        help="apply these tuning logs (work dirs of scripts/tune.py) measured on this device")
+    parser.add_argument("--any-device", action="store_true",
+                        help="also apply tuning logs measured on another device (default: refused)")
     parser.add_argument("--exact-math", action="store_true", help="exact erf in GELU (default: fast polynomial)")
     parser.add_argument("--no-cuda-graph", action="store_true",
                         help="CUDA: launch every kernel from the VM instead of replaying a CUDA graph")
@@ -66,21 +67,19 @@ def main(argv=None):
     if args.time and args.onnx:
         raise ParcnetError("--time compares with PyTorch eager, which an --onnx build does not have; "
                            "time the library with scripts/bench.py")
-    request = BuildRequest(
-        model=args.model, target=args.target, input_size=args.input_size, batch=args.batch,
-        checkpoint=args.checkpoint, resize_kernels=args.resize_kernels, onnx=args.onnx,
-        frontend=args.frontend, output=args.output,
+    built = compile(
+        args.model, onnx=args.onnx, target=args.target, input_size=args.input_size, batch=args.batch,
+        checkpoint=args.checkpoint, output=args.output, tuning_logs=args.tuning_log or (),
+        any_device=args.any_device, log=print, resize_kernels=args.resize_kernels, frontend=args.frontend,
         cuda_arch=args.cuda_arch, mcpu=args.mcpu, verify=not args.no_verify,
         custom_op=not args.no_custom_op, oversized_algo=args.oversized_algo,
-        tvm_default=args.tvm_default_schedules, tuning_log=args.tuning_log, exact_math=args.exact_math,
-        cuda_graph=not args.no_cuda_graph,
+        tvm_default=args.tvm_default_schedules, exact_math=args.exact_math, cuda_graph=not args.no_cuda_graph,
     )
-    manifest = build_library(request)
     if args.time:
         from parcnet_tvm.bench.compare import compare_with_pytorch, format_latency_table
 
-        rows = compare_with_pytorch(request.output_path(), manifest, repeat=args.time, baselines=args.baseline)
-        print(format_latency_table(rows, manifest))
+        rows = compare_with_pytorch(built.library, built.manifest, repeat=args.time, baselines=args.baseline)
+        print(format_latency_table(rows, built.manifest))
     return 0
 
 

@@ -5,19 +5,23 @@
   python scripts/tune.py --target arm --rpc-tracker HOST:9190 --rpc-key rk3288   # tune on a board
   python scripts/tune.py --target arm                             # no board: hand schedules, verified under qemu
 
-The log (MetaSchedule's JSON database) goes to tuning_logs/<model>-<target>-<size>/: rerun the
-same command to continue a stopped run; --warm-start reuses other logs read-only.
+The log (MetaSchedule's JSON database) goes to a work dir outside the checkout, one per model
+and device: <cache>/tuning/<model>-<target>-<size>[-b<batch>]/<device>/ (cache: $PARCNET_TVM_CACHE,
+else $XDG_CACHE_HOME/parcnet-tvm, else ~/.cache/parcnet-tvm; device: this CPU, e.g.
+amd-f25-m17-znver4, the board rpc-<key>, qemu-<key> or the GPU cuda-sm_90). Rerun the same
+command to continue a stopped run. The shipped log tuning_logs/<model>-<target>-<size>/ and
+--warm-start logs are read only, and only if measured on the same device (device.json).
 """
 
 import argparse
 import functools
 import sys
 
+from parcnet_tvm import tune
 from parcnet_tvm.board import add_board_arguments
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.model import VARIANTS
 from parcnet_tvm.targets import TARGET_NAMES
-from parcnet_tvm.tune import TuneRequest, tune_model
 
 
 def parse_args(argv=None):
@@ -42,9 +46,10 @@ def parse_args(argv=None):
                         help="stop tuning after this long (default 30 when --trials is not given)")
     budget.add_argument("--only", nargs="+", default=(), metavar="NAME",
                         help="tune only tasks whose name contains one of these (e.g. oversized_conv)")
-    parser.add_argument("--work-dir", help="tuning log folder (default tuning_logs/<model>-<target>-<size>)")
+    parser.add_argument("--work-dir", help="tuning log folder (default: <cache>/tuning/<model>-<target>-<size>"
+                                           "/<device>, see above)")
     parser.add_argument("--warm-start", nargs="+", default=(), metavar="DIR",
-                        help="other tuning logs to reuse (read-only): their tasks are not tuned again")
+                        help="other tuning logs of this device to reuse (read-only): their tasks are not tuned again")
     add_board_arguments(parser, "tune against N emulated boards (qemu, default 1) under one key: a pipeline "
                         "check, times are not latency", pool=True)
     parser.add_argument("--exact-math", action="store_true", help="exact erf in GELU (default: fast polynomial)")
@@ -62,18 +67,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    request = TuneRequest(
-        model=args.model, target=args.target, input_size=args.input_size, batch=args.batch,
-        checkpoint=args.checkpoint, resize_kernels=args.resize_kernels, onnx=args.onnx,
-        trials=args.trials, trials_per_task=args.trials_per_task,
-        trials_per_iter=args.trials_per_iter, time_budget=args.time_budget, work_dir=args.work_dir,
-        warm_start=tuple(args.warm_start), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc=args.rpc,
-        emulate=args.emulate, output=args.output, only=tuple(args.only), mcpu=args.mcpu,
-        cuda_arch=args.cuda_arch, exact_math=args.exact_math, compare=args.compare, seed=args.seed,
-        design_space=args.design_space,
-    )
     try:
-        tune_model(request, log=functools.partial(print, flush=True))  # progress shows up in logs at once
+        tune(args.model, onnx=args.onnx, target=args.target, input_size=args.input_size, batch=args.batch,
+             time_budget=args.time_budget, trials=args.trials, work_dir=args.work_dir, output=args.output,
+             log=functools.partial(print, flush=True),  # progress shows up in logs at once
+             checkpoint=args.checkpoint, resize_kernels=args.resize_kernels,
+             trials_per_task=args.trials_per_task, trials_per_iter=args.trials_per_iter,
+             warm_start=tuple(args.warm_start), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc=args.rpc,
+             emulate=args.emulate, only=tuple(args.only), mcpu=args.mcpu, cuda_arch=args.cuda_arch,
+             exact_math=args.exact_math, compare=args.compare, seed=args.seed, design_space=args.design_space)
     except KeyboardInterrupt:
         print("interrupted: every trial measured so far is in the tuning log; rerun the same command "
               "to continue", file=sys.stderr)

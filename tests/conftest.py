@@ -3,7 +3,16 @@
 import subprocess
 
 import pytest
-from support import ONLY, SMALL, run_script
+from support import ONLY, ROOT, SMALL, run_script
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Tests (and the scripts they run) never read or write the user's cache of tuning logs."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PARCNET_TVM_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")
@@ -54,12 +63,22 @@ def fused_xt():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """scripts/tune.py end to end: a few trials of our op's tasks, then build + verify."""
+    """scripts/tune.py end to end: a few trials of our op's tasks into the default work dir (in
+    a cache of its own, out/cache: never the checkout), then build + verify. out/log links to
+    the work dir."""
+    from parcnet_tvm.targets import get_target
+    from parcnet_tvm.tuning.device import device_for
+
     out = tmp_path_factory.mktemp("tiny")
+    shipped = sorted(p.name for p in (ROOT / "tuning_logs").iterdir())
     done = run_script("tune.py", "--target", "x86", "--model", "xt", "--input-size", SMALL,
                       "--only", *ONLY, "--trials", 8, "--trials-per-iter", 2, "--compare", 2,
-                      "--work-dir", out / "log", "-o", out / "xt.so")
+                      "-o", out / "xt.so", env={"PARCNET_TVM_CACHE": str(out / "cache")})
     assert done.returncode == 0, done.stdout + done.stderr
+    work_dir = out / "cache" / "tuning" / f"xt-x86-{SMALL}" / device_for(get_target("x86")).id
+    assert (work_dir / "database_tuning_record.json").is_file(), done.stdout
+    assert sorted(p.name for p in (ROOT / "tuning_logs").iterdir()) == shipped  # nothing new in the checkout
+    (out / "log").symlink_to(work_dir, target_is_directory=True)
     return out, done
 
 

@@ -54,3 +54,40 @@ def record_lines(work_dir):
     """The lines of a tuning log's records file (none if it does not exist yet)."""
     path = work_dir / RECORD_FILE
     return path.read_text().splitlines() if path.is_file() else []
+
+
+def write_test_image(path, width, height, seed=0):
+    """A PNG photo stand-in (lossless, so every decoder reads the same pixels): smooth colour
+    gradients, a few sharp-edged blocks and noise, which resampling filters treat differently."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([255 * xx / width, 255 * yy / height, 128 + 100 * np.sin((xx + yy) / 9)], -1)
+    for _ in range(6):
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        image[y:y + height // 4, x:x + width // 5] = rng.integers(0, 256, 3)
+    image += rng.normal(0, 12, image.shape)
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def pil_eval_preprocess(path, crop, resize):
+    """The official evaluation's preprocessing, written out from torchvision's and timm's
+    definitions with PIL and NumPy (independent of parcnet_tvm): Resize (shorter side, or
+    exact HxW), CenterCrop, ToTensor, Normalize. Returns float32 (3, H, W)."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    if isinstance(resize, int):
+        size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    else:
+        size = (resize[1], resize[0])
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    top, left = int(round((size[1] - crop[0]) / 2.0)), int(round((size[0] - crop[1]) / 2.0))
+    tensor = np.asarray(image.crop((left, top, left + crop[1], top + crop[0])), np.float32) / np.float32(255)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    return ((tensor - mean) / std).transpose(2, 0, 1)

@@ -1,11 +1,13 @@
 """arm_bundle.py: the ARM bundle (library, runtime, runner, README), its top-5 check under qemu,
 the runner's image preprocessing, and the NEON code of the library it ships."""
 
+import os
 import re
+import shutil
 import subprocess
+import sys
 
-import numpy as np
-from support import SMALL, needs_arm_toolchain, run_script
+from support import needs_arm_toolchain, pil_eval_preprocess, run_script, write_test_image
 
 from parcnet_tvm import runtime as arm_runtime
 
@@ -18,8 +20,8 @@ def test_bundle_runner_top5_equals_pytorch(xt_arm, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "(equal)" in done.stdout
     files = {p.name for p in (tmp_path / "bundle").iterdir()}
-    assert {"xt_arm.so", "xt_arm.json", "README.md", "parcnet-rpc.service", "LICENSE", "NOTICE",
-            *arm_runtime.LIBRARIES, *arm_runtime.PROGRAMS} <= files
+    assert {"xt_arm.so", "xt_arm.json", "README.md", "parcnet-rpc.service", "LICENSE", "NOTICE", "parcnet.h",
+            "imagenet_classes.txt", "example", *arm_runtime.LIBRARIES, *arm_runtime.PROGRAMS} <= files
     assert "libc++" in (tmp_path / "bundle" / "NOTICE").read_text()
     readme = (tmp_path / "bundle" / "README.md").read_text()
     assert "glibc >= 2.17" in readme and "trusted network only" in readme and "--repeat" in readme
@@ -34,53 +36,56 @@ def test_every_file_of_the_bundle_runs_on_glibc_2_17_without_libstdcxx(xt_arm, t
 
     library, _ = xt_arm
     bundle, _ = package(library, tmp_path / "bundle")
-    elves = [p for p in bundle.iterdir() if p.read_bytes()[:4] == b"\x7fELF"]
+    elves = [p for p in bundle.iterdir() if p.is_file() and p.read_bytes()[:4] == b"\x7fELF"]
     assert {p.name for p in elves} == {library.name, *arm_runtime.LIBRARIES, *arm_runtime.PROGRAMS}
     for elf in elves:
-        dynamic = subprocess.run(["arm-linux-gnueabihf-readelf", "--dynamic", "--version-info", "--wide", elf],
-                                 capture_output=True, text=True, check=True).stdout
-        needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic))
-        assert needed and not {n for n in needed if "stdc++" in n or "c++" in n}, (elf.name, needed)
-        versions = {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", dynamic)}
-        assert max(versions, default=(0,)) <= (2, 17), (elf.name, max(versions))
-        assert versions or elf.name == library.name  # the runtime's files do ask for versioned glibc symbols
-        assert "GLIBCXX" not in dynamic and "CXXABI" not in dynamic, elf.name
+        _check_old_glibc_without_libstdcxx(elf, versioned=elf.name != library.name)
 
 
-def _imagenet_preprocess(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """What the runner does to an image: shorter side to size/0.875, centre crop, normalise."""
-    h, w, _ = image.shape
-    scale = max(height / 0.875 / h, width / 0.875 / w)
-    crop_y, crop_x = (h * scale - height) / 2, (w * scale - width) / 2
-    sy = np.clip((np.arange(height) + crop_y + 0.5) / scale - 0.5, 0, h - 1)
-    sx = np.clip((np.arange(width) + crop_x + 0.5) / scale - 0.5, 0, w - 1)
-    y0, x0 = sy.astype(int), sx.astype(int)
-    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-    dy, dx = (sy - y0)[:, None, None], (sx - x0)[None, :, None]
-    img = image.astype(np.float64)
-    out = (img[y0][:, x0] * (1 - dx) + img[y0][:, x1] * dx) * (1 - dy) + \
-          (img[y1][:, x0] * (1 - dx) + img[y1][:, x1] * dx) * dy
-    out = (out / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    return out.transpose(2, 0, 1)[None].astype(np.float32)
+def _check_old_glibc_without_libstdcxx(elf, versioned=True):
+    """`elf` asks for no glibc symbol version newer than 2.17 and for no shared libstdc++/libc++
+    (the runtime's files do ask for versioned glibc symbols; the model library may not)."""
+    dynamic = subprocess.run(["arm-linux-gnueabihf-readelf", "--dynamic", "--version-info", "--wide", elf],
+                             capture_output=True, text=True, check=True).stdout
+    needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic))
+    assert needed and not {n for n in needed if "stdc++" in n or "c++" in n}, (elf.name, needed)
+    versions = {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", dynamic)}
+    assert max(versions, default=(0,)) <= (2, 17), (elf.name, max(versions))
+    assert versions or not versioned, elf.name
+    assert "GLIBCXX" not in dynamic and "CXXABI" not in dynamic, elf.name
 
 
-def test_runner_preprocesses_images_like_imagenet_eval(xt_arm, runtime, tmp_path):
-    library, _ = xt_arm
-    image = np.random.default_rng(5).integers(0, 256, (90, 120, 3), dtype=np.uint8)
-    ppm = tmp_path / "image.ppm"
-    ppm.write_bytes(b"P6 120 90 255\n" + image.tobytes())
-    from_image, from_raw = tmp_path / "a.raw", tmp_path / "b.raw"
-    done = arm_runtime.run_runner(library, ["--input", str(ppm), "--output", str(from_image)], runtime)
+def test_c_example_cross_built_against_the_bundle_prints_pytorchs_top5_with_names(xt_arm, tmp_path):
+    """The bundle's example/ (C API, parcnet.h + libparcnet.so), cross-built with its CMake
+    file and the runtime's toolchain, run under qemu on an image: its top-5 classes, logits
+    (<= 1e-4) and names are PyTorch's on the same image preprocessed by PIL."""
+    from parcnet_tvm.arm_bundle import package
+    from parcnet_tvm.input_contract import class_names
+    from parcnet_tvm.verify import reference_output
+    from parcnet_tvm.weights import model_from_manifest
+
+    library, manifest = xt_arm
+    bundle, _ = package(library, tmp_path / "bundle")
+    build, env = tmp_path / "build", {**os.environ, "PARCNET_PYTHON": sys.executable}
+    toolchain = arm_runtime.SOURCE_DIR / "zig-toolchain.cmake"
+    for step in (["-S", bundle / "example", "-B", build, "-G", "Ninja", f"-DCMAKE_TOOLCHAIN_FILE={toolchain}"],
+                 ["--build", build]):
+        done = subprocess.run([shutil.which("cmake"), *map(str, step)], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    _check_old_glibc_without_libstdcxx(build / "classify")
+
+    image = write_test_image(tmp_path / "photo.png", 120, 90)
+    done = subprocess.run(arm_runtime.qemu_prefix(None) + [str(build / "classify"), str(bundle / library.name),
+                                                           str(image)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    raw = tmp_path / "x.raw"
-    _imagenet_preprocess(image, SMALL, SMALL).tofile(raw)
-    done = arm_runtime.run_runner(library, ["--input", str(raw), "--output", str(from_raw)], runtime)
-    assert done.returncode == 0, done.stderr
-    assert np.abs(np.fromfile(from_image, np.float32) - np.fromfile(from_raw, np.float32)).max() <= 1e-4
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not an image")
-    refused = arm_runtime.run_runner(library, ["--input", str(bad)], runtime)
-    assert refused.returncode == 1 and "not a readable image" in refused.stderr
+    printed = [line.split(" ", 2) for line in done.stdout.splitlines()]
+    contract = manifest["input"]
+    x = pil_eval_preprocess(image, contract["crop"], contract["resize"]["shorter_side"])[None]
+    expected = reference_output(model_from_manifest(manifest), x)[0]
+    top5 = [int(i) for i in (-expected).argsort(kind="stable")[:5]]
+    assert [int(index) for index, _, _ in printed] == top5
+    assert max(abs(float(logit) - expected[int(index)]) for index, logit, _ in printed) <= 1e-4
+    assert [name for _, _, name in printed] == [class_names()[i] for i in top5]
 
 
 def _functions(disassembly: str) -> dict[str, list[tuple[int, str]]]:

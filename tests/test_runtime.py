@@ -42,10 +42,18 @@ def test_runner_reports_bad_inputs(xt_arm, runtime, tmp_path, xt_small_x86):
     x86_library, _ = xt_small_x86
     good = tmp_path / "x.raw"
     reference_input(manifest["input_shape"]).tofile(good)
-    foreign = arm_runtime.run_runner(x86_library, ["--input", str(good), "--shape", "1,3,64,64"], runtime)
+    foreign = arm_runtime.run_runner(x86_library, ["--input", str(good)], runtime)
     assert foreign.returncode == 1 and "cannot load" in foreign.stderr
-    no_lib = arm_runtime.run_runner(tmp_path / "none.so", ["--input", str(good), "--shape", "1,3,64,64"], runtime)
+    no_lib = arm_runtime.run_runner(tmp_path / "none.so", ["--input", str(good)], runtime)
     assert no_lib.returncode == 1 and "does not exist" in no_lib.stderr
+    lonely = tmp_path / "lonely.so"  # a library without the manifest that says its contract
+    lonely.write_bytes(library.read_bytes())
+    no_manifest = arm_runtime.run_runner(lonely, ["--input", str(good)], runtime)
+    assert no_manifest.returncode == 1 and f"no manifest {tmp_path / 'lonely.json'}" in no_manifest.stderr
+    bad_count = arm_runtime.run_runner(library, ["--input", str(good), "--threads", "four"], runtime)
+    assert bad_count.returncode == 1 and "--threads takes a count" in bad_count.stderr
+    for done in (missing, wrong, foreign, no_lib, no_manifest, bad_count):
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_runner_repeat_prints_latency_stats(xt_arm, runtime, tmp_path):

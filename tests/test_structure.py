@@ -1,6 +1,9 @@
 """The shape of the code: layers that import one way only, no import side effects, small modules."""
 
 import ast
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # From the bottom up; a module may import from its own layer or the layers below it, never
 # from a layer above (deferred imports inside functions included).
 LAYERS = [
-    ("descriptions", {"errors", "targets", "graph", "manifest", "fast_math", "tables"}),
+    ("descriptions", {"errors", "targets", "graph", "manifest", "fast_math", "tables", "input_contract"}),
     ("model and weights", {"model", "checkpoint", "weights", "onnx_file"}),
     ("our ops", {"oversized"}),
     ("graph passes", {"frontend", "rewrite", "layout", "norm"}),
@@ -19,7 +22,7 @@ LAYERS = [
     ("verification, timing and the board estimate", {"verify", "timing", "estimate"}),
     ("tuning", {"tuning", "tuning_log"}),
     ("build", {"pipeline", "build"}),
-    ("jobs: bench, deploy, tune", {"bench", "bench_op", "breakdown", "arm_bundle", "tune"}),
+    ("jobs: bench, deploy, tune, and the Python API over them", {"bench", "bench_op", "breakdown", "arm_bundle", "tune", "api"}),
     ("command line", {"cli"}),
 ]
 LAYER_OF = {name: level for level, (_, names) in enumerate(LAYERS) for name in names}
@@ -79,13 +82,59 @@ def test_no_module_imports_from_a_layer_above_it():
 
 def test_importing_the_package_registers_no_metaschedule_rule():
     """Our MetaSchedule rules are registered by an explicit call (tuning does it), not on import."""
-    code = ("import tvm_ffi, schedules, parcnet_tvm.build, parcnet_tvm.tuning.tasks\n"
+    code = ("import tvm_ffi, parcnet_tvm.schedules as schedules, parcnet_tvm.build, parcnet_tvm.tuning.tasks\n"
             "print(tvm_ffi.get_global_func('s_tir.meta_schedule.cpu.oversized_conv', allow_missing=True))\n"
             "schedules.register_metaschedule_rules()\n"
             "print(tvm_ffi.get_global_func('s_tir.meta_schedule.cpu.oversized_conv', allow_missing=True) is not None)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["None", "True"]
+
+
+def test_the_package_sets_no_environment_and_installs_schedules_inside_itself(tmp_path):
+    """Importing parcnet_tvm leaves os.environ alone (threads are set by explicit calls:
+    targets.use_threads); schedules/ installs as parcnet_tvm.schedules (pyproject.toml), never
+    as a top-level package, and pyproject's package list names every package."""
+    code = ("import os, importlib.util; before = dict(os.environ); import parcnet_tvm.schedules as s\n"
+            "print(dict(os.environ) == before, s.__file__, importlib.util.find_spec('schedules'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", str(ROOT / "schedules" / "__init__.py"), "None"]
+    listed = re.search(r"^packages = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "parcnet_tvm").rglob("__init__.py")}
+    assert set(re.findall(r'"([^"]+)"', listed)) == packages | {"parcnet_tvm.schedules"}
+
+
+def test_setup_uses_a_venv_only_where_pip_may_not_install(tmp_path):
+    """scripts/setup.sh's question (scripts/externally_managed.py, PEP 668) against a stdlib dir
+    with and without the EXTERNALLY-MANAGED marker, asked by this Python and by a virtual
+    environment's; scripts/python runs .venv's python3 when there is one, else PATH's python3."""
+    stdlib = tmp_path / "stdlib"
+    stdlib.mkdir()
+
+    def managed(python) -> bool:
+        return subprocess.run([python, ROOT / "scripts" / "externally_managed.py", stdlib]).returncode == 0
+
+    assert not managed(sys.executable)
+    (stdlib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\n")
+    assert managed(sys.executable) == (sys.prefix == sys.base_prefix)  # the marker counts outside a venv
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "venv"], check=True)
+    assert not managed(tmp_path / "venv" / "bin" / "python3")
+
+    checkout, on_path = tmp_path / "checkout", tmp_path / "bin"
+    (checkout / "scripts").mkdir(parents=True)
+    on_path.mkdir()
+    shutil.copy(ROOT / "scripts" / "python", checkout / "scripts")
+    (on_path / "python3").symlink_to(sys.executable)
+
+    def prefix() -> str:
+        done = subprocess.run([checkout / "scripts" / "python", "-c", "import sys; print(sys.prefix)"],
+                              capture_output=True, text=True, env={**os.environ, "PATH": f"{on_path}:/usr/bin:/bin"})
+        return done.stdout.strip()
+
+    assert prefix() == sys.prefix
+    (checkout / ".venv").symlink_to(tmp_path / "venv", target_is_directory=True)
+    assert prefix() == str(checkout / ".venv")
 
 
 def test_scripts_stay_thin():
