@@ -13,7 +13,7 @@ from .errors import ParcnetError
 def artifact_name(model_key: str, target: str, input_size, batch: int = 1, resize_kernels: bool = False) -> str:
     """The one name of everything made for a (model, target, size, batch): libraries
     (`build/<name>.so`), bench's cached builds (`build/bench/<name>-<build>.so`) and ONNX files
-    (target `onnx`), tuning logs (`tuning_logs/<name without parcnetv2_>/`). E.g.
+    (target `onnx`), tuning logs (`<cache>/tuning/<name without parcnetv2_>/<device>/`, shipped ones in `tuning_logs/`). E.g.
     parcnetv2_xt-x86-224, parcnetv2_t-cuda-224-b32, parcnetv2_xt-arm-224x320, and
     parcnetv2_xt-x86-256-resized for the paper's resized kernels."""
     height, width = input_size

@@ -15,6 +15,7 @@ from parcnet_tvm.schedules import schedule_kernels
 from parcnet_tvm.schedules.cuda_depthwise import DepthwiseConvCuda
 from parcnet_tvm.targets import get_target, local_cuda_arch
 from parcnet_tvm.tuning.budget import TuneBudget
+from parcnet_tvm.tuning.device import device_for
 from parcnet_tvm.tuning.measurement import Measurement, PooledBuilder, _FinishedFuture
 from parcnet_tvm.tuning.tasks import tune_fused_module
 from parcnet_tvm.tuning_log import open_database
@@ -57,7 +58,7 @@ def test_cuda_tuning_candidates_compile_and_compute_without_a_gpu(imported_xt, t
     named = get_target("cuda", cuda_arch="sm_90")
     fused = fused_module(imported_xt, named, PipelineOptions(oversized_algo=algo))
     runner = BuiltOnlyRunner()
-    measurement = Measurement("local", PooledBuilder(2), runner, "no GPU: compile only")
+    measurement = Measurement("local", PooledBuilder(2), runner, "no GPU: compile only", device=device_for(named))
     summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 4, 4), measurement, only=only,
                                 log=lambda *_: None)
     # every candidate compiled (MetaSchedule may measure a few past the budget's 8)
