@@ -28,6 +28,12 @@ def needs_gpu(test):
     return pytest.mark.gpu(pytest.mark.skipif(local_cuda_arch() is None, reason="no CUDA GPU visible (CI has none)")(test))
 
 
+def compile_only(named) -> Measurement:
+    """Tuning for the GPU target without a GPU: candidates are compiled, not timed (records of
+    the target's device, cuda-sm_90, as a GPU run would write)."""
+    return Measurement("local", PooledBuilder(2), BuiltOnlyRunner(), "no GPU: compile only", device=device_for(named))
+
+
 @derived_object
 class BuiltOnlyRunner(PyRunner):
     """Stands in for the GPU: every candidate that compiled (MetaSchedule runs only those)
@@ -57,8 +63,8 @@ def test_cuda_tuning_candidates_compile_and_compute_without_a_gpu(imported_xt, t
     op's candidates; the whole model built from the database)."""
     named = get_target("cuda", cuda_arch="sm_90")
     fused = fused_module(imported_xt, named, PipelineOptions(oversized_algo=algo))
-    runner = BuiltOnlyRunner()
-    measurement = Measurement("local", PooledBuilder(2), runner, "no GPU: compile only", device=device_for(named))
+    measurement = compile_only(named)
+    runner = measurement.runner
     summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 4, 4), measurement, only=only,
                                 log=lambda *_: None)
     # every candidate compiled (MetaSchedule may measure a few past the budget's 8)
@@ -179,7 +185,7 @@ def test_depthwise_convs_are_tuned_within_our_schedule(fused_xt_cuda, tmp_path):
     generic tiling."""
     fused, named = fused_xt_cuda
     names = tuple(_depthwise_kernels(fused_xt_cuda))
-    measurement = Measurement("local", PooledBuilder(2), BuiltOnlyRunner(), "no GPU: compile only")
+    measurement = compile_only(named)
     summary = tune_fused_module(fused, named, tmp_path, TuneBudget(8, 4, 4), measurement, only=names,
                                 log=lambda *_: None)
     assert summary.trials_new >= 8
