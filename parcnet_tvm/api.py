@@ -12,6 +12,7 @@ The scripts (build.py, tune.py) are thin command lines over the same requests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,9 @@ def compile(model="xt", *, target: str = "x86", input_size=224, batch: int = 1, 
     from .build import BuildRequest, build_library
 
     onnx = options.pop("onnx", None) or _onnx_file(model)
-    logs = [tuning_logs] if isinstance(tuning_logs, (str, Path)) else list(tuning_logs or ())
     request = BuildRequest(model="xt" if onnx else str(model), target=target, input_size=input_size, batch=batch,
                            onnx=onnx, checkpoint=str(checkpoint) if checkpoint else None,
-                           output=str(output) if output else None, tuning_log=logs, any_device=any_device,
+                           output=str(output) if output else None, tuning_log=tuning_logs, any_device=any_device,
                            **options)
     manifest = build_library(request, log=log or (lambda *_: None))
     return Compiled(request.output_path(), manifest)
@@ -101,7 +101,7 @@ class Predictor:
             self._device = get_target(self.target).device()
             self._vm = load_vm(self.library, self._device, threads)
 
-    @property
+    @cached_property
     def class_names(self) -> list[str]:
         from .input_contract import CLASS_NAMES, class_names
 
