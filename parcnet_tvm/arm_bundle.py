@@ -10,13 +10,14 @@ from pathlib import Path
 from . import manifest as manifest_io
 from .errors import ParcnetError
 from .input_contract import CLASS_NAMES
+from .params import path_for as weights_path
 from .runtime import LIBRARIES, PROGRAMS, SOURCE_DIR, runtime_dir, runtime_is_built
 from .verify import check_bundle_top5
 
 LEGAL_DIR = Path(__file__).resolve().parents[1]  # the checkout's LICENSE and NOTICE
 BOARD_README = """# {name}: ParCNetV2 for ARM Cortex-A17 (RK3288), built by parcnet-tvm
 
-Files: `{library}` (the model), `{manifest}` (what it is: model, input shape, target,
+Files: `{library}` (the model's code), `{weights}` (its weights, read once into memory), `{manifest}` (what it is: model, input shape, target,
 verification, and the input contract: how an image is preprocessed), `imagenet_classes.txt`
 (class names, one per line in label order), `libparcnet.so` + `parcnet.h` (the C API),
 `libtvm_runtime.so` + `libtvm_ffi.so` (the TVM runtime), `parcnet_runner`, `parcnet_rpc_server`,
@@ -117,12 +118,14 @@ def package(library, out_dir, runtime: Path | None = None, check: bool = False) 
     partial.mkdir(parents=True)
     try:
         shutil.copy2(library, partial / library.name)
+        if weights_path(library).is_file():  # libraries built before the weights left the .so have none
+            shutil.copy2(weights_path(library), partial / weights_path(library).name)
         manifest_io.write(partial / library.name, info)
         for name in LIBRARIES + PROGRAMS:
             shutil.copy2(runtime / name, partial / name)
         _, _, height, width = info["input_shape"]
         (partial / "README.md").write_text(BOARD_README.format(
-            name=out_dir.name, library=library.name, manifest=manifest_io.path_for(library).name,
+            name=out_dir.name, library=library.name, weights=weights_path(library).name, manifest=manifest_io.path_for(library).name,
             height=height, width=width, shape="x".join(map(str, info["input_shape"])),
             resize=info.get("input", {}).get("resize", {}).get("shorter_side", "the manifest's size")))
         (partial / "parcnet-rpc.service").write_text(SYSTEMD_UNIT.format(name=out_dir.name))

@@ -18,14 +18,20 @@ from .frontend import import_model, import_onnx_file
 from .model import parse_input_size, variant_key
 from .onnx_file import load_onnx_file
 from .oversized import check_algo
+from .params import describe as describe_weights
+from .params import lift_weights
+from .params import path_for as weights_path
+from .params import save as save_weights
 from .pipeline import (
     PipelineOptions,
-    compile_prepared,
+    codegen,
+    lower,
+    planned_bytes,
     prepare,
     report,
     uses_cuda_graph,
 )
-from .targets import get_target
+from .targets import get_target, host_cpu_description
 from .tuning.device import check_build_log
 from .tuning_log import check_log_target, database_summary, require_log
 from .verify import raise_on_failure, verify_against
@@ -142,11 +148,15 @@ def build_library(request: BuildRequest, log=print) -> dict:
             raise ParcnetError(f"tuning log {', '.join(map(str, tuning_logs))} has no record for any kernel of this "
                                "build: it was tuned for another model, input size or batch; tune this one "
                                "(scripts/tune.py) or drop --tuning-log")
-    executable = compile_prepared(prepared, named_target, options)
-    # Written beside the output under another name, and renamed into place only once it has
+    # The weights leave the code: OUT.params beside OUT.so, held once in memory (params.py).
+    prepared, weights = lift_weights(prepared)
+    lowered = lower(prepared, named_target, options)
+    executable = codegen(lowered, named_target, options)
+    # Written beside the output under other names, and renamed into place only once they have
     # verified: a failed build leaves whatever was at `output` untouched.
     partial = manifest_io.partial_path(output)
     named_target.export_library(executable, partial)
+    save_weights(weights, weights_path(partial))
     compiled = time.perf_counter()
     log(f"[3/4] compiled and exported in {compiled - imported:.1f} s")
 
@@ -167,6 +177,8 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "target_name": named_target.name,
         "target": named_target.as_dict(),
         "target_description": named_target.description,
+        # the CPU the x86 library was built on and for, as detected (cpuid + sysfs): its tiles
+        "cpu": host_cpu_description() if named_target.name == "x86" else None,
         "tvm_version": tvm.__version__,
         "pipeline": manifest_io.pipeline_fingerprint(),
         "tuning_database": None if not tuning_logs else {
@@ -191,6 +203,11 @@ def build_library(request: BuildRequest, log=print) -> dict:
             "seed": None if request.checkpoint else WEIGHT_SEED,
         },
         "sha256": manifest_io.sha256(partial),
+        "params": {**describe_weights(weights_path(partial), len(weights)), "file": weights_path(output).name},
+        # what running the library holds besides its code: weights once, planned activations
+        "memory": {"weights_bytes": weights_path(partial).stat().st_size,
+                   "planned_activation_bytes": planned_bytes(lowered),
+                   "library_bytes": partial.stat().st_size},
         "build_seconds": round(compiled - started, 1),
         "verification": {"status": "not run"},
     }
@@ -206,7 +223,9 @@ def build_library(request: BuildRequest, log=print) -> dict:
         raise_on_failure(result, output, kept_note=f" (nothing written: {output} is as it was)")
     except BaseException:
         partial.unlink(missing_ok=True)
+        weights_path(partial).unlink(missing_ok=True)
         raise
+    os.replace(weights_path(partial), weights_path(output))
     os.replace(partial, output)
     manifest_io.write(output, manifest)
     log(f"      {output} and its manifest {manifest_io.path_for(output).name}")

@@ -204,13 +204,41 @@ def uses_cuda_graph(named: NamedTarget, options: PipelineOptions) -> bool:
     return named.target.kind.name == "cuda" and options.cuda_graph and not options.tvm_default
 
 
-def compile_prepared(prepared: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None):
-    """TVM's lowering and code generation (on CUDA with RewriteCUDAGraph: the kernels after the
-    first one that reads the input are captured into a graph on the first call, then replayed)."""
-    options = options or PipelineOptions()
+def _build_context(named: NamedTarget, options: PipelineOptions) -> tvm.transform.PassContext:
     config = {"relax.backend.use_cuda_graph": True} if uses_cuda_graph(named, options) else {}
-    with tvm.transform.PassContext(config=config):
-        return tvm.compile(prepared.without_attr(REPORT), target=named.target)
+    return tvm.transform.PassContext(config=config)
+
+
+def lower(prepared: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None) -> tvm.IRModule:
+    """TVM's Relax lowering (the pipeline tvm.compile picks: the target's own on GPUs), up to
+    the VM's code generation: memory planned (`planned_bytes`); on CUDA with RewriteCUDAGraph
+    (the kernels after the first one that reads the input are captured into a graph on the
+    first call, then replayed)."""
+    options = options or PipelineOptions()
+    target = named.target
+    pipeline = relax.get_default_pipeline(target) if "gpu" in target.keys else relax.get_pipeline("default")
+    with _build_context(named, options), target:
+        return pipeline(prepared.without_attr(REPORT))
+
+
+def planned_bytes(lowered: tvm.IRModule, func_name: str = "main") -> int:
+    """Bytes of the storage `func_name` allocates after memory planning: its activations and
+    workspaces (planned storage is reused across the graph; the output lives in it too)."""
+    from .graph import calls
+
+    storages = calls(lowered[func_name], "relax.vm.alloc_storage")  # sizes in bytes, fixed shapes
+    return sum(int(call.args[0].values[0]) for call in storages)
+
+
+def codegen(lowered: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None):
+    """The VM executable of a `lower`ed module."""
+    with _build_context(named, options or PipelineOptions()):
+        return relax.build(lowered, target=named.target, relax_pipeline=None)
+
+
+def compile_prepared(prepared: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None):
+    """TVM's lowering and code generation: `lower`, then `codegen`."""
+    return codegen(lower(prepared, named, options), named, options)
 
 
 def compile_relax(mod: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None, log=print):

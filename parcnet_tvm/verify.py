@@ -14,6 +14,8 @@ from tvm import relax
 
 from . import manifest as manifest_io
 from .errors import ParcnetError
+from .params import LibraryVM
+from .params import load as load_weights
 from .runtime import LIBRARIES, QEMU_CPU, run_emulated, run_runner, why_not_runnable
 from .targets import get_target, use_threads
 from .weights import model_from_manifest
@@ -44,12 +46,14 @@ def reference_name(reference) -> str:
     return "PyTorch eager fp32" if isinstance(reference, torch.nn.Module) else "onnxruntime fp32 (CPU)"
 
 
-def load_vm(library, device, threads: int | None = None) -> relax.VirtualMachine:
-    """A Relax VM over a library path or an in-memory executable, its CPU kernels (and PyTorch)
-    on `threads` threads when called from this thread (default: every core)."""
+def load_vm(library, device, threads: int | None = None, weights=()) -> relax.VirtualMachine:
+    """A Relax VM over a library path (its weights file beside it) or an in-memory executable
+    (with `weights`), whose `main` takes the input alone; its CPU kernels (and PyTorch) on
+    `threads` threads when called from this thread (default: every core)."""
     use_threads(threads)
-    lib = tvm.runtime.load_module(str(library)) if isinstance(library, (str, Path)) else library
-    return relax.VirtualMachine(lib, device)
+    if isinstance(library, (str, Path)):
+        library, weights = tvm.runtime.load_module(str(library)), load_weights(library, device)
+    return LibraryVM(library, device, weights)
 
 
 def run_vm(vm: relax.VirtualMachine, x: np.ndarray, device) -> np.ndarray:

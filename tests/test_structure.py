@@ -18,7 +18,7 @@ LAYERS = [
     ("our ops", {"oversized"}),
     ("graph passes", {"frontend", "rewrite", "layout", "norm"}),
     ("schedules", {"schedules"}),
-    ("where a library runs", {"runtime", "board", "counting"}),
+    ("where a library runs", {"params", "runtime", "board", "counting"}),
     ("verification, timing and the board estimate", {"verify", "timing", "estimate"}),
     ("tuning", {"tuning", "tuning_log"}),
     ("build", {"pipeline", "build"}),

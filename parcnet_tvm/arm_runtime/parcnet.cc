@@ -18,6 +18,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #ifdef PARCNET_HAVE_STB_IMAGE
@@ -257,6 +258,37 @@ size_t Elements(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// The weights file beside the library (parcnet_tvm/params.py): a TVM parameter file whose
+// tensors, named w0000, w0001, ..., follow the input in main's parameters. TVM reads each
+// tensor straight into its own buffer: the weights are held once.
+void LoadWeights(const std::string& path, bool required, std::vector<Any>* arguments) {
+  if (!std::ifstream(path).good()) {
+    if (required) throw Error("no weights file " + path + ": keep the .params written beside the library");
+    return;  // a library built before the weights left it
+  }
+  tvm::ffi::Map<tvm::ffi::String, tvm::runtime::Tensor> weights;
+  try {
+    weights = (*Function::GetGlobal("runtime.LoadParamsFromFile"))(path)
+                  .cast<tvm::ffi::Map<tvm::ffi::String, tvm::runtime::Tensor>>();
+  } catch (const tvm::ffi::Error& err) {
+    throw Error("weights file " + path + " is damaged (" + err.message() + "): rebuild the library");
+  }
+  std::vector<std::string> names;
+  for (const auto& item : weights) names.push_back(item.first);
+  std::sort(names.begin(), names.end());
+  for (const auto& name : names) arguments->push_back(weights.at(name));
+}
+
+// TVM's pool at `threads` threads, one per listed core (mode -3, as targets.use_threads):
+// without a CPU list TVM sizes it from the topology, which some kernels report wrongly.
+void UseThreads(int threads) {
+  int cores = int(std::thread::hardware_concurrency());
+  if (cores < 1) cores = 1;
+  tvm::ffi::Array<tvm::ffi::String> cpus;
+  for (int i = 0; i < threads; ++i) cpus.push_back(std::to_string(i % cores));
+  (*Function::GetGlobal("runtime.config_threadpool"))(-3, threads, cpus);
+}
+
 }  // namespace
 
 struct parcnet_model {
@@ -266,6 +298,7 @@ struct parcnet_model {
   Contract contract;
   std::vector<std::string> class_names;
   tvm::runtime::Tensor input;  // reused by every run
+  std::vector<Any> arguments;  // main's: the input, then the weights (read once from the .params file)
 };
 
 extern "C" {
@@ -316,6 +349,9 @@ int parcnet_load(const char* library_path, const char* manifest_path, parcnet_mo
     model->main = *main;
     model->input = tvm::runtime::Tensor::Empty(tvm::ffi::Shape(model->input_shape), DLDataType{kDLFloat, 32, 1},
                                                DLDevice{kDLCPU, 0});
+    model->arguments.push_back(model->input);
+    LoadWeights(model->library.substr(0, model->library.rfind('.')) + ".params", object.count("params") > 0,
+                &model->arguments);
     *out = model.release();
   });
 }
@@ -343,12 +379,12 @@ int parcnet_run(parcnet_model* model, const float* input, size_t input_count, fl
       throw Error("input holds " + std::to_string(input_count) + " floats; the model takes " +
                   std::to_string(Elements(model->input_shape)) + " (float32 " + Dims(model->input_shape) + ")");
     }
-    if (num_threads > 0) {
-      constexpr int kBigCores = 1;  // TVM's threading::ThreadGroup::kBig: a pool of num_threads
-      (*Function::GetGlobal("runtime.config_threadpool"))(kBigCores, num_threads);
-    }
+    if (num_threads > 0) UseThreads(num_threads);
     model->input.CopyFromBytes(input, input_count * sizeof(float));
-    tvm::runtime::Tensor result = AsTensor(model->main(model->input));
+    std::vector<tvm::ffi::AnyView> arguments(model->arguments.begin(), model->arguments.end());
+    Any returned;
+    model->main.CallPacked(arguments.data(), int32_t(arguments.size()), &returned);
+    tvm::runtime::Tensor result = AsTensor(returned);
     std::vector<int64_t> shape(result->shape, result->shape + result->ndim);
     if (Elements(shape) != logits_count) {
       throw Error("logits buffer holds " + std::to_string(logits_count) + " floats; the model gives " +

@@ -23,14 +23,17 @@ def time_on_board(board: Board, library: Path, x, repeat: int) -> tuple:
     """Upload `library`, run it once on `x` (output back here) and, on a real board, time
     `repeat` calls; returns (output, timing dict or None)."""
     import tvm
-    from tvm import relax
 
+    from ..params import LibraryVM
+    from ..params import load as load_weights
     from ..timing import summarize_ms
 
     remote = board.connect()
     remote.upload(str(library))
     device = remote.cpu()
-    vm = relax.VirtualMachine(remote.load_module(library.name), device)
+    # the weights travel as tensors (read here, copied into the board's memory once)
+    weights = [tvm.runtime.tensor(w.numpy(), device) for w in load_weights(library)]
+    vm = LibraryVM(remote.load_module(library.name), device, weights)
     vm.set_input("main", tvm.runtime.tensor(x, device))
     vm.invoke_stateful("main")
     output = vm.get_outputs("main").numpy()
