@@ -6,6 +6,8 @@ can run on this machine. TVM 0.27 rejects target strings, so targets are dicts.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -31,51 +33,206 @@ ARM_CORTEX_A17 = {
 }
 ARM_CXX = "arm-linux-gnueabihf-g++"
 
-# x86 CPUs by the /proc/cpuinfo flags their LLVM name needs, best first. LLVM's own host
-# detection is not used: under a hypervisor it reports a CPU name from the model number
-# whose features the guest may lack, and TVM ignores "mcpu": "native".
-AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "fma"}
-X86_CPUS = (
-    ("znver4", "AuthenticAMD", AVX512 | {"avx512_bf16", "avx512vbmi", "avx512_vnni", "avx512_vbmi2", "gfni", "vaes"}),
-    ("icelake-server", "GenuineIntel", AVX512 | {"avx512_vnni", "avx512vbmi", "avx512_vbmi2", "gfni", "vaes"}),
-    ("skylake-avx512", None, AVX512),
-    ("znver3", "AuthenticAMD", {"avx2", "fma", "bmi2", "vaes"}),
-    ("znver2", "AuthenticAMD", {"avx2", "fma", "bmi2"}),
-    ("haswell", None, {"avx2", "fma", "bmi2", "f16c"}),
-    ("x86-64", None, set()),
-)
+# x86: the LLVM CPU name from the CPU's identity (vendor, family, model as /proc/cpuinfo shows
+# cpuid's display values), then checked against the kernel's flags: under a hypervisor a guest
+# may lack features its model implies (AVX-512, AMX masked off). TVM ignores "mcpu": "native".
+# Models as LLVM's own host detection (TargetParser/Host.cpp) has them, except that a CPU it
+# reports by an older name with the same features (Emerald Rapids as sapphirerapids, Raptor and
+# Meteor Lake as alderlake, Lunar Lake as arrowlake-s) gets its own name, which LLVM also knows.
+def _models(*pairs) -> dict:
+    return {model: name for models, name in pairs for model in models}
 
 
-def _cpuinfo() -> tuple[str, set[str], str]:
-    """(vendor, flags, model name) of the first CPU in /proc/cpuinfo."""
-    vendor, flags, model = "", set(), "unknown CPU"
+INTEL_FAMILY6 = _models(
+    ((0x3c, 0x3f, 0x45, 0x46), "haswell"), ((0x3d, 0x47, 0x4f, 0x56), "broadwell"),
+    ((0x4e, 0x5e, 0x8e, 0x9e, 0xa5, 0xa6), "skylake"), ((0x66,), "cannonlake"),
+    ((0x7d, 0x7e), "icelake-client"), ((0x8c, 0x8d), "tigerlake"), ((0xa7,), "rocketlake"),
+    ((0x97, 0x9a, 0xbe), "alderlake"), ((0xb7, 0xba, 0xbf), "raptorlake"), ((0xaa, 0xac), "meteorlake"),
+    ((0xc5,), "arrowlake"), ((0xc6,), "arrowlake-s"), ((0xbd,), "lunarlake"), ((0xcc,), "pantherlake"),
+    ((0x6a, 0x6c), "icelake-server"), ((0x8f,), "sapphirerapids"), ((0xcf,), "emeraldrapids"),
+    ((0xad,), "graniterapids"), ((0xae,), "graniterapids-d"),
+    ((0xaf,), "sierraforest"), ((0xb6,), "grandridge"), ((0xdd,), "clearwaterforest"))
+ZEN2 = (*range(0x30, 0x40), 0x47, *range(0x60, 0x80), *range(0x84, 0x88), *range(0x90, 0xb0))
+ZEN4 = (*range(0x10, 0x20), *range(0x60, 0x80), *range(0xa0, 0xb0))
+# What an older LLVM calls a CPU it does not know yet (the nearest predecessor).
+OLDER = {"emeraldrapids": "sapphirerapids", "graniterapids-d": "graniterapids", "graniterapids": "sapphirerapids",
+         "clearwaterforest": "sierraforest", "grandridge": "sierraforest", "sierraforest": "alderlake",
+         "pantherlake": "arrowlake-s", "lunarlake": "arrowlake-s", "arrowlake-s": "arrowlake",
+         "arrowlake": "alderlake", "meteorlake": "alderlake", "raptorlake": "alderlake",
+         "znver5": "znver4", "znver4": "znver3"}
+# When the guest lacks what its CPU's name needs: the first of these whose features it has.
+STEP_DOWN = {"GenuineIntel": ("graniterapids", "sapphirerapids", "icelake-server", "cascadelake",
+                              "skylake-avx512", "alderlake", "skylake", "haswell"),
+             "AuthenticAMD": ("znver5", "znver4", "znver3", "znver2", "znver1")}
+GENERIC_X86 = ("x86-64-v4", "x86-64-v3", "x86-64-v2", "x86-64")
+X86_TRIPLE = "x86_64-unknown-linux-gnu"
+# The instruction-set features LLVM may emit on its own, checked against the kernel's flags
+# (spelled as cpuinfo spells them once "_", "." and "-" are dropped, but for these).
+CHECKED_FEATURES = ("sse", "ssse", "avx", "amx", "fma", "f16c", "bmi", "lzcnt", "popcnt", "movbe",
+                    "pclmul", "gfni", "vaes", "vpclmulqdq")
+CPUINFO_SPELLING = {"sse3": "pni", "bmi": "bmi1", "lzcnt": "abm", "pclmul": "pclmulqdq"}
+
+
+def identify_x86(vendor: str, family: int, model: int, stepping: int) -> str | None:
+    """LLVM's name for this CPU, or None for one we do not know."""
+    if vendor == "GenuineIntel" and family == 6:
+        if model == 0x55:  # Skylake-SP, Cascade Lake and Cooper Lake share the model
+            return "cooperlake" if stepping >= 10 else "cascadelake" if stepping >= 5 else "skylake-avx512"
+        return INTEL_FAMILY6.get(model)
+    if vendor == "AuthenticAMD":
+        return {23: "znver2" if model in ZEN2 else "znver1", 25: "znver4" if model in ZEN4 else "znver3",
+                26: "znver5"}.get(family)
+    return None
+
+
+def _squash(flag: str) -> str:
+    return flag.replace("_", "").replace(".", "").replace("-", "")
+
+
+@functools.cache
+def llvm_knows(mcpu: str) -> bool:
+    return bool(tvm.target.codegen.llvm_is_valid_cpu(mcpu, X86_TRIPLE))
+
+
+@functools.cache
+def required_features(mcpu: str) -> dict[str, str]:
+    """{cpuinfo flag (squashed): LLVM feature} of the instruction sets LLVM assumes for `mcpu`."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": X86_TRIPLE, "mcpu": mcpu})
+    features = map(str, tvm.target.codegen.llvm_get_cpu_features(target))
+    return {_squash(CPUINFO_SPELLING.get(f, f)): f for f in features if f.startswith(CHECKED_FEATURES)}
+
+
+def choose_x86_mcpu(vendor: str, identified: str | None, flags: set[str]) -> tuple[str, tuple[str, ...]]:
+    """(the mcpu to compile for, the LLVM features `identified` needs that the kernel does not
+    list). A flag the kernel does not show counts as missing: stepping down is the safe error."""
+    have = {_squash(flag) for flag in flags}
+    name, missing = identified, ()
+    while name in OLDER and not llvm_knows(name):
+        name = OLDER[name]
+    if name and llvm_knows(name):
+        needs = required_features(name)
+        missing = tuple(sorted(needs[flag] for flag in needs.keys() - have))
+        if not missing:
+            return name, ()
+    for candidate in STEP_DOWN.get(vendor, ()) + GENERIC_X86:
+        if llvm_knows(candidate) and required_features(candidate).keys() <= have:
+            return candidate, missing
+    return "x86-64", missing
+
+
+@dataclass(frozen=True)
+class HostCpu:
+    """This machine's x86 CPU: its identity, the LLVM name compiled for, caches and cores."""
+
+    vendor: str
+    family: int
+    model: int
+    stepping: int
+    model_name: str
+    identified: str | None             # LLVM's name for vendor/family/model (None: not known)
+    mcpu: str                          # the name used: identified, or older (LLVM, guest flags)
+    missing_features: tuple[str, ...]  # LLVM features `identified` needs that the guest lacks
+    l1d_bytes: int | None              # one cache of each level; None without sysfs
+    l2_bytes: int | None
+    l3_bytes: int | None
+    l2_shared_by_cores: int            # physical cores sharing one L2 (one, or a cluster)
+    l3_shared_by_cores: int
+    cores: int                         # CPUs this process may run on (TVM's threads)
+    physical_cores: int                # of those, distinct cores (SMT siblings count once)
+
+    @property
+    def l2_per_core(self) -> int | None:
+        return self.l2_bytes // self.l2_shared_by_cores if self.l2_bytes else None
+
+
+def _cpuinfo(root: Path = Path("/")) -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo (empty where there is none)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = (root / "proc/cpuinfo").read_text()
     except OSError:
-        return vendor, flags, model
-    for line in text.splitlines():
+        return {}
+    fields = {}
+    for line in text.split("\n\n")[0].splitlines():
         key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if key == "vendor_id" and not vendor:
-            vendor = value
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-        elif key == "model name" and model == "unknown CPU":
-            model = value
-    return vendor, flags, model
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _cpu_list(text: str) -> set[int]:
+    """'0-3,8' -> {0, 1, 2, 3, 8}"""
+    cpus = set()
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def _size(text: str) -> int:
+    """sysfs cache size ('32K', '1024K', '2M') in bytes."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    return int(text.rstrip("KMGkmg")) * scale
+
+
+def _core_of(cpu_dir: Path, cpu: int) -> str:
+    """One name for all SMT siblings of `cpu`'s core."""
+    return _read(cpu_dir / f"cpu{cpu}/topology/thread_siblings_list") or str(cpu)
+
+
+def _sysfs_caches(cpu_dir: Path, cpu: int) -> dict[int, tuple[int, int]]:
+    """{level: (bytes, physical cores sharing it)} of `cpu`'s data and unified caches."""
+    caches = {}
+    for index in sorted((cpu_dir / f"cpu{cpu}/cache").glob("index*")):
+        level, kind, size = (_read(index / name) for name in ("level", "type", "size"))
+        if level and size and kind in ("Data", "Unified"):
+            shared = _cpu_list(_read(index / "shared_cpu_list") or str(cpu))
+            caches[int(level)] = (_size(size), len({_core_of(cpu_dir, c) for c in shared}))
+    return caches
+
+
+def read_host_cpu(root: str | Path = "/", cpus: list[int] | None = None) -> HostCpu:
+    """Describe the CPU from `root`'s /proc/cpuinfo and /sys (tests pass a fake tree), for the
+    CPUs in `cpus` (default: those this process may run on)."""
+    root, cpus = Path(root), sorted(cpus if cpus is not None else _allowed_cpus())
+    info = _cpuinfo(root)
+    vendor = info.get("vendor_id", "")
+    family, model, stepping = (int(info.get(key) or 0) for key in ("cpu family", "model", "stepping"))
+    identified = identify_x86(vendor, family, model, stepping)
+    mcpu, missing = choose_x86_mcpu(vendor, identified, set(info.get("flags", "").split())) if vendor \
+        else ("x86-64", ())  # no x86 /proc/cpuinfo: nothing to check the features against
+    cpu_dir = root / "sys/devices/system/cpu"
+    caches = _sysfs_caches(cpu_dir, cpus[0])
+    (l1, _), (l2, l2_cores), (l3, l3_cores) = (caches.get(level, (None, 1)) for level in (1, 2, 3))
+    return HostCpu(vendor, family, model, stepping, info.get("model name", "unknown CPU"), identified, mcpu,
+                   missing, l1, l2, l3, l2_cores, l3_cores, len(cpus), len({_core_of(cpu_dir, c) for c in cpus}))
+
+
+@functools.cache
+def host_cpu() -> HostCpu:
+    """This machine's CPU, read once."""
+    return read_host_cpu()
+
+
+def host_cpu_description() -> dict:
+    """What was detected, as JSON data (for the build manifest's "cpu")."""
+    host = host_cpu()
+    return {**dataclasses.asdict(host), "missing_features": list(host.missing_features),
+            "source": "cpuid+sysfs" if host.l1d_bytes else "cpuid"}
 
 
 def detect_x86_mcpu() -> str:
-    """The best LLVM CPU name whose required features this host's CPU reports."""
-    vendor, flags, _ = _cpuinfo()
-    for name, needs_vendor, needs_flags in X86_CPUS:
-        if (needs_vendor is None or needs_vendor == vendor) and needs_flags <= flags:
-            return name
-    return "x86-64"
+    """The LLVM CPU name to compile for this machine."""
+    return host_cpu().mcpu
 
 
 def cpu_model_name() -> str:
-    return _cpuinfo()[2]
+    return host_cpu().model_name
 
 
 def host_cores() -> int:
@@ -170,10 +327,14 @@ def get_target(name: str, cuda_arch: str | None = None, mcpu: str | None = None,
     """Resolve a target name ('x86', 'arm', 'cuda') to a NamedTarget."""
     key = name.lower().strip()
     if key in ("x86", "x86_64", "host", "cpu"):
-        cpu = mcpu or detect_x86_mcpu()
+        host = host_cpu()
+        cpu = mcpu or host.mcpu
         cores = num_cores or host_cores()
         target = tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": cores})
-        return NamedTarget("x86", target, f"x86-64 host, {cpu}, {cores} cores ({cpu_model_name()})")
+        seen = f"{host.model_name}, {host.vendor} family {host.family} model {host.model} stepping {host.stepping}"
+        if host.identified and host.identified != cpu:
+            seen += f", identified as {host.identified}"
+        return NamedTarget("x86", target, f"x86-64 host, {cpu}, {cores} cores ({seen})")
     if key in ("arm", "armv7", "cortex-a17", "rk3288"):
         spec = dict(ARM_CORTEX_A17)
         if num_cores:

@@ -1,29 +1,26 @@
-"""What the CPU rules need to know about a CPU, read from its TVM target alone.
+"""What the CPU rules need to know about a CPU, read from its TVM target.
 
-Vector width and register count come from the instruction set the target names (its
-`mcpu`, or `mattr` flags); cache sizes from a table of the CPUs we name (a generic core's
-where the name is not in it); the core count from the target's `num-cores`. No rule uses a
-tile size measured on one machine: every tile is derived from these numbers.
+Vector width and register count come from the instruction set LLVM gives the target (its
+`mcpu` and `mattr`); cache sizes, for this machine's x86 target, from sysfs (targets.host_cpu),
+else from a table of the CPUs we name (a generic core's where the name is not in it); the core
+count from the target's `num-cores`. No rule uses a tile size measured on one machine: every
+tile is derived from these numbers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tvm
 from tvm.target import Target
 
+from .. import targets
 from .common import HandRule
 
 KIB = 1024
 
-# LLVM CPU names by vector extension (what `targets.detect_x86_mcpu` and users pass).
-AVX512_CPUS = {"skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
-               "icelake-server", "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids",
-               "graniterapids", "znver4", "znver5"}
-AVX2_CPUS = {"haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake",
-             "znver1", "znver2", "znver3", "x86-64-v3"}
-
-# (L1D, L2) per core. RK3288's 1 MiB L2 is shared by its four Cortex-A17 cores.
+# (L1D, L2) per core, for targets other than this machine (boards, other x86 machines) and
+# where sysfs is missing. RK3288's 1 MiB L2 is shared by its four Cortex-A17 cores.
 CACHES = {
     "cortex-a17": (32 * KIB, 256 * KIB),
     "haswell": (32 * KIB, 256 * KIB), "broadwell": (32 * KIB, 256 * KIB), "skylake": (32 * KIB, 256 * KIB),
@@ -60,16 +57,27 @@ def is_x86(target: Target) -> bool:
         not str(target.attrs.get("mtriple", "x86")).startswith("aarch64")
 
 
+def _caches(target: Target, mcpu: str) -> tuple[int, int]:
+    """(L1D, L2 per core). The target built for this machine (x86, no `mtriple` naming another
+    machine, the `mcpu` detected here) gets the caches sysfs reports; a target only says its
+    CPU's name, so any other one gets its name's entry in the table."""
+    if is_x86(target) and "mtriple" not in target.attrs:
+        host = targets.host_cpu()
+        if mcpu == host.mcpu and host.l1d_bytes and host.l2_bytes:
+            return host.l1d_bytes, host.l2_per_core
+    return CACHES.get(mcpu, GENERIC_CACHES)
+
+
 def cpu_target(target: Target) -> CpuTarget:
     mcpu = str(target.attrs.get("mcpu", ""))
-    mattr = {str(flag) for flag in target.attrs.get("mattr", [])}
     cores = int(target.attrs.get("num-cores", 1))
-    l1, l2 = CACHES.get(mcpu, GENERIC_CACHES)
+    l1, l2 = _caches(target, mcpu)
     if is_arm(target):  # ARMv7 NEON: 16 quad (128-bit) registers
         return CpuTarget("neon", 4, 16, cores, l1, l2)
-    if mcpu in AVX512_CPUS or "+avx512f" in mattr:
+    features = tvm.target.codegen.llvm_get_cpu_features(target)  # mcpu's and mattr's
+    if "avx512f" in features:
         return CpuTarget("avx512", 16, 32, cores, l1, l2)
-    if mcpu in AVX2_CPUS or "+avx2" in mattr:
+    if "avx2" in features:
         return CpuTarget("avx2", 8, 16, cores, l1, l2)
     return CpuTarget("sse", 4, 16, cores, l1, l2)
 
