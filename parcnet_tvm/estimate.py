@@ -193,13 +193,37 @@ class Calibrated:
                 f"(±{100 * self.uncertainty:.0f}%; {CAVEAT})")
 
 
+def footprint(library, runtime: Path | None = None) -> dict:
+    """The memory a board needs to run `library`, MiB: its code (the .so, mapped whole), its
+    weights (read once), the activations its memory plan allocates, and the runtime's
+    libraries (mapped whole: an upper bound). From the manifest and the files: an estimate of
+    what the process holds, not a measurement of it."""
+    from . import manifest as manifest_io
+    from .runtime import LIBRARIES, runtime_dir
+
+    memory = manifest_io.read(library).get("memory")
+    if not memory:
+        raise ParcnetError(f"{library}'s manifest has no memory entry: rebuild it with scripts/build.py")
+    runtime = runtime or runtime_dir()
+    parts = {"library": memory["library_bytes"], "weights": memory["weights_bytes"],
+             "activations": memory["planned_activation_bytes"],
+             "runtime": sum((runtime / name).stat().st_size for name in LIBRARIES)}
+    mib = {name: round(size / 2**20, 1) for name, size in parts.items()}
+    return {**mib, "total": round(sum(parts.values()) / 2**20, 1)}
+
+
 def estimate_library(library, input_shape, calibrated: Calibrated | None = None) -> dict:
-    """{"ms_4t", "ms_1t", "line"}: the RK3288 estimate of one ARM library, counted under qemu."""
+    """{"ms_4t", "ms_1t", "footprint_mib", "line"}: the RK3288 estimate of one ARM library,
+    counted under qemu, and the memory it needs there."""
     from .counting import count_library
 
     calibrated = calibrated or Calibrated.load()
     ms = {n: calibrated.model.estimate_ms(count_library(library, input_shape, n).threads, n) for n in (4, 1)}
-    return {"ms_4t": round(ms[4], 2), "ms_1t": round(ms[1], 2), "line": calibrated.line(ms[4], ms[1])}
+    needs = footprint(library)
+    return {"ms_4t": round(ms[4], 2), "ms_1t": round(ms[1], 2), "footprint_mib": needs,
+            "line": calibrated.line(ms[4], ms[1]) + f"; needs about {needs['total']:.0f} MiB "
+                    f"(weights {needs['weights']:.0f}, activations {needs['activations']:.0f}, "
+                    f"code and runtime {needs['library'] + needs['runtime']:.0f})"}
 
 
 def _published(values: list[str]) -> dict[int, float]:
@@ -234,6 +258,8 @@ def run_estimate_job(args, log=print) -> dict:
                 count_program([a.replace("{threads}", str(n)) for a in args.program], n)
             row = {"engine": args.engine, "model": args.model, "threads": n, "published_ms": published.get(n),
                    "counts": counts.busy_threads()}
+            if args.library:
+                row["footprint_mib"] = footprint(args.library)
             if args.note:
                 row["note"] = args.note
             new.append(row)

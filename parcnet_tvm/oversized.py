@@ -46,6 +46,9 @@ H_BLOCK, W_BLOCK = "oversized_h", "oversized_w"
 # shared-memory loads per multiply-add against the Toeplitz schedule's 2, the bound that
 # the Toeplitz schedule hit on an H200 (~6 TFLOP/s). Chosen by that count, not yet timed:
 # scripts/bench_op.py --target cuda shows both side by side on a GPU.
+# On the ARM board 'auto' is direct: the Toeplitz matrices add 12 MiB to T's 95 MiB of weights
+# (109 -> 121 MiB needed on a 1-2 GB board whose peer, MNN, needs 118) for 0.2% of its
+# RK3288 estimate (1260 vs 1263 ms at 4 threads; docs/arm-estimate.json, 2026-12-07).
 TOEPLITZ_MAX_BYTES = 4 << 20
 
 
@@ -56,11 +59,11 @@ def check_algo(algo: str) -> str:
 
 
 def choose_algo(algo: str, channels: int, height: int, width: int, target_kind: str = "llvm") -> str:
-    """Resolve 'auto' by the documented rule above for a target kind (llvm, cuda); validate
-    forced choices."""
+    """Resolve 'auto' by the documented rule above for a target kind (llvm, arm, cuda);
+    validate forced choices."""
     if check_algo(algo) != "auto":
         return algo
-    if target_kind == "cuda":
+    if target_kind in ("cuda", "arm"):
         return "direct"
     toeplitz_bytes = 4 * channels * (height * height + width * width)
     return "toeplitz" if toeplitz_bytes <= TOEPLITZ_MAX_BYTES else "direct"

@@ -154,7 +154,8 @@ def legalize_and_fuse(target_kind: str, exact_math: bool = False) -> list:
 
 def cpu_graph_passes(named: NamedTarget, options: PipelineOptions) -> list:
     return [
-        *([RewriteOversizedConvs(options.oversized_algo, "llvm")] if options.custom_op else []),
+        *([RewriteOversizedConvs(options.oversized_algo, "arm" if named.name == "arm" else "llvm")]
+          if options.custom_op else []),
         to_channels_last_pass,
         fuse_layer_norms_pass,
         *legalize_and_fuse("llvm", options.exact_math),

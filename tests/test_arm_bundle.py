@@ -20,7 +20,7 @@ def test_bundle_runner_top5_equals_pytorch(xt_arm, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "(equal)" in done.stdout
     files = {p.name for p in (tmp_path / "bundle").iterdir()}
-    assert {"xt_arm.so", "xt_arm.json", "README.md", "parcnet-rpc.service", "LICENSE", "NOTICE", "parcnet.h",
+    assert {"xt_arm.so", "xt_arm.params", "xt_arm.json", "README.md", "parcnet-rpc.service", "LICENSE", "NOTICE", "parcnet.h",
             "imagenet_classes.txt", "example", *arm_runtime.LIBRARIES, *arm_runtime.PROGRAMS} <= files
     assert "libc++" in (tmp_path / "bundle" / "NOTICE").read_text()
     readme = (tmp_path / "bundle" / "README.md").read_text()

@@ -84,3 +84,26 @@ def test_the_report_estimates_our_four_sizes_and_both_peers_on_t(report):
     for threads in (4, 1):
         assert {("parcnet-tvm", m, threads) for m in ("xt", "t", "s", "b")} <= rows
         assert {("mnn", "t", threads), ("ncnn", "t", threads)} <= rows
+
+
+def test_the_footprint_counts_the_weights_once_with_activations_code_and_runtime(xt_arm, runtime):
+    """What a board needs for a library: its weights file (one copy), its planned activations,
+    its code and the runtime's libraries; labelled an estimate where users read it."""
+    from parcnet_tvm.estimate import footprint
+    from parcnet_tvm.params import path_for
+    from parcnet_tvm.weights import prepare_model
+
+    library, manifest = xt_arm
+    needs = footprint(library, runtime)
+    weights = path_for(library).stat().st_size / 2**20
+    assert abs(needs["weights"] - weights) <= 0.05
+    torch_weights = 4 * sum(p.numel() for p in prepare_model("xt", 64).parameters()) / 2**20
+    assert 0.95 * torch_weights < needs["weights"] < 1.1 * torch_weights  # direct on ARM: no Toeplitz copies
+    assert needs["activations"] > 0 and needs["runtime"] > 1
+    assert needs["total"] < needs["weights"] + needs["activations"] + 16
+
+
+def test_our_t_needs_less_memory_on_the_board_than_mnn_does(report):
+    """The paper's Table 7: MNN runs T on the RK3288 in 118 MB."""
+    (ours,) = [r for r in report["rows"] if r["engine"] == "parcnet-tvm" and r["model"] == "t" and r["threads"] == 4]
+    assert ours["footprint_mib"]["total"] <= 118, ours["footprint_mib"]

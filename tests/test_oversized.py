@@ -132,6 +132,8 @@ def test_auto_rule_prefers_toeplitz_until_constants_get_large():
     assert choose_algo("auto", 1, big, big) == "direct"
     assert choose_algo("direct", 64, 56, 56) == "direct"
     assert choose_algo("auto", 64, 56, 56, "cuda") == "direct"  # the register-tiled CUDA schedule
+    assert choose_algo("auto", 64, 56, 56, "arm") == "direct"  # the board's memory
+    assert choose_algo("toeplitz", 64, 56, 56, "arm") == "toeplitz"
     assert choose_algo("toeplitz", 64, 56, 56, "cuda") == "toeplitz"
     with pytest.raises(ParcnetError, match="auto, direct, toeplitz"):
         choose_algo("fft", 64, 56, 56)

@@ -50,9 +50,12 @@ def test_runner_reports_bad_inputs(xt_arm, runtime, tmp_path, xt_small_x86):
     lonely.write_bytes(library.read_bytes())
     no_manifest = arm_runtime.run_runner(lonely, ["--input", str(good)], runtime)
     assert no_manifest.returncode == 1 and f"no manifest {tmp_path / 'lonely.json'}" in no_manifest.stderr
+    lonely.with_suffix(".json").write_bytes(library.with_suffix(".json").read_bytes())  # but no weights file
+    no_weights = arm_runtime.run_runner(lonely, ["--input", str(good)], runtime)
+    assert no_weights.returncode == 1 and f"no weights file {tmp_path / 'lonely.params'}" in no_weights.stderr
     bad_count = arm_runtime.run_runner(library, ["--input", str(good), "--threads", "four"], runtime)
     assert bad_count.returncode == 1 and "--threads takes a count" in bad_count.stderr
-    for done in (missing, wrong, foreign, no_lib, no_manifest, bad_count):
+    for done in (missing, wrong, foreign, no_lib, no_manifest, no_weights, bad_count):
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
@@ -78,7 +81,9 @@ def test_emulated_libraries_are_never_timed(xt_arm):
 def test_rpc_server_under_qemu_through_tracker(xt_arm, runtime):
     import tvm
     from tvm import rpc
-    from tvm.runtime import vm as tvm_vm
+
+    from parcnet_tvm.params import LibraryVM
+    from parcnet_tvm.params import load as load_weights
 
     library, manifest = xt_arm
     tracker_port = free_port()
@@ -97,7 +102,9 @@ def test_rpc_server_under_qemu_through_tracker(xt_arm, runtime):
         remote.upload(str(library))
         lib = remote.load_module(library.name)
         device = remote.cpu()
-        vm = tvm_vm.VirtualMachine(lib, device)
+        # the weights travel as tensors, as bench's time_on_board sends them
+        weights = [tvm.runtime.tensor(w.numpy(), device) for w in load_weights(library)]
+        vm = LibraryVM(lib, device, weights)
         x = reference_input(manifest["input_shape"])
         vm.set_input("main", tvm.runtime.tensor(x, device))
         vm.invoke_stateful("main")
