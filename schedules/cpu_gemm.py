@@ -55,6 +55,36 @@ def column_block(columns: int, depth: int, unit: int, l2_bytes: int) -> int | No
     return max(fitting) if fitting else None
 
 
+def row_block(rows: int, row_choices: list[int], column_tiles: int, parallel_jobs: int) -> int | None:
+    """Rows a thread's chunk walks per column tile (NEON): the smallest multiple of every row
+    tile choice dividing `rows`, so that any sampled tile divides it (all the rows where that
+    is one tile); None when the rows are one tile. Each column tile's weights (K x tile
+    columns) are then read from L2 once per block instead of once per row tile: on the A17
+    those reads were most of the GEMMs' L1 misses (13% of their estimate)."""
+    unit = math.lcm(*row_choices)
+    if rows % unit:
+        return None
+    if unit <= max(row_choices):
+        unit = rows
+    if unit <= max(row_choices) or rows // unit * column_tiles < parallel_jobs:
+        return None  # one tile, or too few (block, column tile) chunks for the cores
+    return unit
+
+
+L1_WAYS, LINE_BYTES = 4, 64  # Cortex-A17 L1D (and the estimate's simulated cache)
+
+
+def panel_conflicts(columns: int, depth: int, l1_bytes: int) -> bool:
+    """Whether a column tile's weights (`depth` rows, `columns` floats apart) miss the L1 sets
+    they would need to stay cached between row tiles: rows a power-of-two multiple of lines
+    apart fall into a fraction of the sets; a panel over half of what those sets hold is
+    evicted (by itself and the inputs) before the next row tile reads it again."""
+    sets = l1_bytes // (L1_WAYS * LINE_BYTES)
+    stride_lines = max(columns * 4 // LINE_BYTES, 1)
+    reachable = sets // math.gcd(stride_lines, sets)
+    return depth > reachable * L1_WAYS // 2
+
+
 class GemmCpu(CpuHandRule):
     name = SCHEDULE_RULE
 
@@ -71,7 +101,10 @@ class GemmCpu(CpuHandRule):
         register_tile(sch, block,
                       knob(sch, row_choices, default_rows, tunable),
                       knob(sch, vector_choices, default_vectors, tunable),
-                      lanes, cpu.parallel_jobs, column_block(columns, depth, unit, cpu.l2_bytes))
+                      lanes, cpu.parallel_jobs, column_block(columns, depth, unit, cpu.l2_bytes),
+                      row_block=row_block(rows, row_choices, columns // (lanes * max(vector_choices)),
+                                          cpu.parallel_jobs) if cpu.isa == "neon" else None,
+                      pack_weights=panel_conflicts(columns, depth, cpu.l1_bytes))
         if tunable:
             mark_root_untouchable(sch)
         return True

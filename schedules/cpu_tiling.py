@@ -191,15 +191,20 @@ def register_tile_choices(rows: int, vectors_total: int, registers: int, max_vec
 
 
 def register_tile(sch: s_tir.Schedule, block, rows: int | object, vectors: int | object, lanes: int,
-                  parallel_jobs: int, col_block: int | None = None, unroll_reductions: int = 0):
+                  parallel_jobs: int, col_block: int | None = None, unroll_reductions: int = 0,
+                  row_block: int | None = None, pack_weights: bool = False):
     """Tile the reduction `block` (loops: spatial ..., row, col, then reductions) for registers.
 
     Loop order: parallel over (outer spatial, column block, row tiles[, column tiles]), then
     the reductions, then the `rows x vectors x lanes` tile (rows and vectors unrolled, lanes
     vectorised). `col_block` columns are walked per row tile so that the weights they read stay
-    in cache. Every block consuming `block`'s output elementwise is inlined into the write of
-    the accumulators. `unroll_reductions`: unroll that many innermost reduction loops too.
-    Returns the write-back block."""
+    in cache. With `row_block` (a multiple of `rows` dividing the rows), the parallel loop is
+    over blocks of that many rows instead, and each column tile walks the row tiles of its
+    block: the weights a column tile reads (reduction x tile columns) are loaded into L1 once
+    per row block rather than once per row tile; `pack_weights` copies them to a contiguous
+    buffer first (the reads of the block's second input). Every block consuming `block`'s output
+    elementwise is inlined into the write of the accumulators. `unroll_reductions`: unroll
+    that many innermost reduction loops too. Returns the write-back block."""
     loops = sch.get_loops(block)
     kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
     spatial = [loop for loop, kind in zip(loops, kinds) if kind == 0]
@@ -209,16 +214,35 @@ def register_tile(sch: s_tir.Schedule, block, rows: int | object, vectors: int |
     if col_block and col_block < cols:
         col_outer, col = sch.split(col, [None, col_block])
         outer.append(col_outer)
-    row_outer, row_inner = sch.split(row, [None, rows])
+    row_tiles = None
+    if row_block:
+        row_outer, row_tiles = sch.split(row, [None, row_block])
+        row_tiles, row_inner = sch.split(row_tiles, [None, rows])
+    else:
+        row_outer, row_inner = sch.split(row, [None, rows])
     col_outer, col_vectors, col_lanes = sch.split(col, [None, vectors, lanes])
-    sch.reorder(*outer, row_outer, col_outer, *reductions, row_inner, col_vectors, col_lanes)
+    tile_loops = [col_outer, row_tiles] if row_tiles is not None else [col_outer]
+    sch.reorder(*outer, row_outer, *tile_loops, *reductions, row_inner, col_vectors, col_lanes)
     outer.append(row_outer)
     extents = [int(sch.get(loop).extent) for loop in outer]
     if math.prod(extents) < parallel_jobs:  # too few row tiles: spread the column tiles too
         outer.append(col_outer)
     parallel_loop = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.parallel(parallel_loop)
-    anchor = col_outer if not outer[-1].same_as(col_outer) else parallel_loop
+    column_loop = col_outer if not outer[-1].same_as(col_outer) else parallel_loop
+    anchor = row_tiles if row_tiles is not None else column_loop
+
+    if row_tiles is not None and pack_weights:
+        # Copy the column tile's weights (reduction x tile columns) into a contiguous stack
+        # buffer, once per row block: weight rows are a whole output row apart in memory, a
+        # stride that maps them onto a few L1 sets, so the panel would not stay in L1 between
+        # row tiles; packed, it does.
+        packed = sch.cache_read(block, 1, "local")
+        sch.compute_at(packed, column_loop)
+        *_, packed_cols = sch.get_loops(packed)
+        packed_vectors, packed_lanes = sch.split(packed_cols, [None, lanes])
+        sch.unroll(packed_vectors)
+        sch.vectorize(packed_lanes)
 
     accumulators = sch.cache_write(block, 0, "local")
     for consumer in _elementwise_consumers(sch, accumulators):

@@ -121,3 +121,22 @@ def test_hand_rules_are_the_design_space_unless_generic_is_asked(fused_xt, tmp_p
     assert len(space) == 1
     knobs = [inst for inst in space[0].trace.insts if inst.kind.name == "SampleCategorical"]
     assert knobs  # the register tile's rows (its vectors too where more than one width fits)
+
+
+def test_neon_gemm_walks_row_blocks_over_packed_weight_panels():
+    """NEON: a chunk is a block of rows (a multiple of every row tile) per column tile, and
+    weights whose rows fall on few L1 sets are packed per chunk; never at too few chunks."""
+    from parcnet_tvm.schedules.cpu_gemm import panel_conflicts, row_block
+
+    assert row_block(3136, [2, 4, 7, 8], 15, 16) == 56   # XT stage 1 at 224
+    assert row_block(196, [2, 4, 7], 60, 16) == 28
+    assert row_block(49, [7], 100, 16) == 49             # one tile row choice: all the rows
+    assert row_block(256, [2, 4, 8], 3, 16) is None       # 3 chunks would idle the cores
+    assert panel_conflicts(960, 192, 32 * 1024)           # rows 60 lines apart: 32 of 128 sets
+    assert not panel_conflicts(240, 48, 32 * 1024)
+
+
+def test_x86_gemm_keeps_row_tiles_outermost(fused_xt):
+    scheduled, used = schedule_kernels(fused_xt, named("avx2").target)
+    for kernel in used["cpu_gemm"]:
+        assert "param_0_local" not in scheduled[kernel].script()
