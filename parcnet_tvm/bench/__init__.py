@@ -2,7 +2,13 @@
 
 x86 and CUDA: each (model, batch, backend) is timed in a fresh worker process (`python -m
 parcnet_tvm.bench --worker ...`), one after the other, at the same thread count: warm-up, then
-the median and p90 of the repeats (CUDA: each run ends with a device synchronisation). A fresh
+the median and p90 of the repeats (CUDA: each run ends with a device synchronisation). With
+`rounds` (--rounds) > 1 this is repeated in alternating rounds, every backend once per round in
+the same order, each time in a fresh process; a row's median is the median of its round medians
+(all kept as `round_medians_ms`), its p90 the median of the round p90s, its memory the highest
+peak. The peers on x86 (OpenVINO, MNN, ncnn; peers.py) run fp32 models converted once and cached
+under build/bench/; each worker checks the first output against PyTorch's (max abs error <=
+1e-4, kept as `max_abs_error`) and is not timed if it differs: the row says by how much. A fresh
 process per backend is what makes the memory column honest. `peak_mem_mb` on x86 is the peak
 resident memory (VmHWM in /proc/self/status) minus the resident memory the worker had after
 importing torch, TVM and ONNX Runtime and before creating the backend, i.e. what the backend
@@ -25,8 +31,8 @@ this device's tune.py work dir, else the shipped log if this device measured it;
 another device is a skipped row saying so, unless `any_device` (--any-device).
 
 Modules: backends (what is compared), worker (one backend in a fresh process), cache (the
-libraries and ONNX files), board (ARM through RPC), report (header, table, JSON, plot); the
-orchestration of one case is here.
+libraries and ONNX files), peers (the peer engines' converted models and PyTorch's output),
+board (ARM through RPC), report (header, table, JSON, plot); the orchestration of one case is here.
 """
 
 from __future__ import annotations
@@ -44,12 +50,14 @@ from ..tuning_log import has_log
 from .backends import (
     BACKENDS,
     DEFAULT_BACKENDS,
+    PEER_BACKENDS,
     TVM_BACKENDS,
     BenchCase,
     missing_backend,
 )
-from .cache import BENCH_DIR, default_tuning_logs, prepare_library, prepare_onnx
+from .cache import BENCH_DIR, default_tuning_logs, prepare_library
 from .on_board import Board, _bench_on_board, _board_reference
+from .peers import model_files, pytorch_reference
 from .report import _describe, format_table, gpu_name, json_rows, machine_header, plot
 from .worker import _run_worker
 
@@ -71,52 +79,113 @@ def _skip(row: dict, reason: str, log) -> dict:
 
 def bench_case(case: BenchCase, backends, repeat: int, threads: int, max_seconds: float, tuning_logs=None,
                log=print, board: Board | None = None, pytorch_ms: float | None = None,
-               device: Device | None = None, any_device: bool = False) -> list[dict]:
-    """Rows for one (model, batch): every backend timed in turn, or marked skipped with why.
-    With `board` (ARM) the TVM libraries run there and `pytorch_ms` is the user's board time.
-    `device`: what the libraries run on (default: this CPU or GPU); tvm-tuned applies only its logs."""
-    rows = []
+               device: Device | None = None, any_device: bool = False, rounds: int = 1) -> list[dict]:
+    """Rows for one (model, batch): every backend timed, or marked skipped with why. Libraries and
+    converted models are made first; then `rounds` rounds each time every backend once, in a fresh
+    process, in the same order (x86, CUDA). With `board` (ARM) the TVM libraries run there, once,
+    and `pytorch_ms` is the user's board time. `device`: what the libraries run on (default: this
+    CPU or GPU); tvm-tuned applies only its logs."""
+    rows, specs = [], {}
     device = device or device_for(get_target(case.target))
     logs = list(tuning_logs) if tuning_logs else default_tuning_logs(case, device)
     reference = _board_reference(case) if board else None
-    for backend in backends:
+    peer_reference = functools.cache(lambda: str(pytorch_reference(case)))  # once per case, if a peer runs
+    for backend in dict.fromkeys(backends):  # each once
         row = _new_row(case, backend)
-        reason = missing_backend(backend, case.target)
-        if backend == "tvm-tuned" and not logs:
-            reason = (f"no tuning log of this device ({getattr(device, 'id', 'no board')}) for {case.model} at this "
-                      f"size and batch (tune it: scripts/tune.py --target {case.target} --model {case.model} "
-                      f"--batch {case.batch}, or pass --tuning-log)")
-        elif backend == "tvm-tuned":  # here, not only in the build: a cached library is not rebuilt
-            reason = _foreign_log(logs, case, device, any_device, log)
+        rows.append(row)
+        reason = _why_not(backend, case, logs, device, any_device, log)
         if reason:
-            rows.append(_skip(row, reason, log))
+            _skip(row, reason, log)
             continue
         try:
             library = prepare_library(case, backend, logs, log, getattr(device, "id", None), any_device) \
                 if backend in TVM_BACKENDS else None
             if board:
-                result = _bench_on_board(backend, library, board, reference, repeat, pytorch_ms)
+                _record(row, _bench_on_board(backend, library, board, reference, repeat, pytorch_ms))
+                if board.emulated and library is not None:
+                    _add_estimate(row, library, case, log)
+                log(f"[bench] {row['model']} b{case.batch} {backend}: " + _describe(row))
             else:
-                spec = {"backend": backend, "model": case.model, "batch": case.batch, "target": case.target,
-                        "input_size": list(case.input_size), "threads": threads, "repeat": repeat,
-                        "max_seconds": max_seconds, "library": str(library) if library else None}
-                if backend == "onnxruntime":
-                    spec["onnx"] = str(prepare_onnx(case))
-                result = _run_worker(spec)
+                specs[backend] = _worker_spec(case, backend, library, threads, repeat, max_seconds, log)
+                if backend in PEER_BACKENDS:
+                    specs[backend]["reference"] = peer_reference()
         except (ParcnetError, RuntimeError) as err:
-            rows.append(_skip(row, str(err), log))
-            continue
-        row.update({k: result[k] for k in ("median_ms", "p90_ms", "peak_mem_mb", "repeat", "max_abs_error",
-                                           "source", "busy_threads") if k in result})
-        if board and board.emulated and library is not None:
-            _add_estimate(row, library, case, log)
-        log(f"[bench] {row['model']} b{case.batch} {backend}: " + _describe(row))
-        rows.append(row)
+            _skip(row, str(err), log)
+    _time_in_rounds(rows, specs, rounds, log)
     eager = next((r["median_ms"] for r in rows if r["backend"] == "pytorch-eager" and r["median_ms"]), None)
     for row in rows:
         if eager and row["median_ms"]:
             row["speedup_vs_pytorch"] = round(eager / row["median_ms"], 3)
     return rows
+
+
+def _why_not(backend: str, case: BenchCase, logs, device, any_device: bool, log) -> str | None:
+    """Why `backend` cannot be timed for this case (a skipped row's reason), or None."""
+    if backend == "tvm-tuned" and not logs:
+        return (f"no tuning log of this device ({getattr(device, 'id', 'no board')}) for {case.model} at this "
+                f"size and batch (tune it: scripts/tune.py --target {case.target} --model {case.model} "
+                f"--batch {case.batch}, or pass --tuning-log)")
+    if backend == "tvm-tuned":  # here, not only in the build: a cached library is not rebuilt
+        return _foreign_log(logs, case, device, any_device, log)
+    return missing_backend(backend, case.target, case.batch)
+
+
+def _worker_spec(case: BenchCase, backend: str, library, threads: int, repeat: int, max_seconds: float,
+                 log) -> dict:
+    """What a worker process needs to time `backend` (a peer's model converted, once)."""
+    return {"backend": backend, "model": case.model, "batch": case.batch, "target": case.target,
+            "input_size": list(case.input_size), "threads": threads, "repeat": repeat,
+            "max_seconds": max_seconds, "library": str(library) if library else None,
+            **model_files(case, backend, log)}
+
+
+def _time_in_rounds(rows: list[dict], specs: dict, rounds: int, log) -> None:
+    """Each round times every backend of `specs` once, each in a fresh process, in the same order:
+    a noisy machine's drift falls on every backend alike. A backend that fails is skipped."""
+    by_backend = {row["backend"]: row for row in rows}
+    results = {backend: [] for backend in specs}
+    for index in range(rounds):
+        for backend, spec in specs.items():
+            row = by_backend[backend]
+            if row.get("skipped"):
+                continue
+            try:
+                results[backend].append(_run_worker(spec))
+            except (ParcnetError, RuntimeError) as err:
+                _skip(row, str(err), log)
+                continue
+            if rounds > 1:
+                log(f"[bench] {row['model']} b{row['batch']} {backend}: round {index + 1}/{rounds}: "
+                    f"{results[backend][-1]['median_ms']:.2f} ms")
+    for backend, done in results.items():
+        row = by_backend[backend]
+        if not row.get("skipped"):
+            _record(row, combine_rounds(done))
+            log(f"[bench] {row['model']} b{row['batch']} {backend}: " + _describe(row))
+
+
+def combine_rounds(results: list[dict]) -> dict:
+    """One row's figures from its rounds' results: the median of the round medians (and of their
+    p90s), every round's median, the highest peak memory, busy thread count and error, all runs."""
+    import numpy as np
+
+    medians = [r["median_ms"] for r in results]
+    combined = {"median_ms": float(np.median(medians)), "round_medians_ms": [round(m, 4) for m in medians]}
+    if results[0].get("p90_ms") is not None:
+        combined["p90_ms"] = float(np.median([r["p90_ms"] for r in results]))
+    for key in ("peak_mem_mb", "busy_threads", "max_abs_error"):
+        if results[0].get(key) is not None:
+            combined[key] = max(r[key] for r in results)
+    if results[0].get("repeat"):
+        combined["repeat"] = sum(r["repeat"] for r in results)
+    if results[0].get("source"):
+        combined["source"] = results[0]["source"]
+    return combined
+
+
+def _record(row: dict, combined: dict) -> None:
+    row.update({k: combined[k] for k in ("median_ms", "p90_ms", "peak_mem_mb", "repeat", "max_abs_error",
+                                         "source", "busy_threads", "round_medians_ms") if k in combined})
 
 
 def _foreign_log(logs, case: BenchCase, device: Device | None, any_device: bool, log) -> str | None:
@@ -146,6 +215,7 @@ class BenchRequest:
     batch: list = field(default_factory=lambda: [1])
     input_size: str = "224"
     repeat: int = 30
+    rounds: int = 3  # x86, CUDA: every backend timed once per round, fresh process each (bench_case)
     max_seconds: float = 60
     threads: int = 1
     backends: list | None = None
@@ -183,8 +253,8 @@ def parse_pytorch_ms(values, models, batches) -> dict:
 
 def check_request(args: BenchRequest):
     named = get_target(args.target)
-    if args.repeat < 2 or args.threads < 1:
-        raise ParcnetError("--repeat must be >= 2 and --threads >= 1")
+    if args.repeat < 2 or args.threads < 1 or args.rounds < 1:
+        raise ParcnetError("--repeat must be >= 2, --threads >= 1 and --rounds >= 1")
     if any(batch < 1 for batch in args.batch):
         raise ParcnetError(f"--batch {args.batch}: every batch must be >= 1")
     board.check_board_args(args.rpc_tracker, args.rpc_key, args.rpc)
@@ -229,8 +299,10 @@ def run_bench(args: BenchRequest, log=print) -> list[dict]:
                 rows += bench_case(BenchCase(model, batch, size, named.name), backends, args.repeat, args.threads,
                                    args.max_seconds, args.tuning_log or None, log, board=the_board,
                                    pytorch_ms=pytorch_ms.get((model, batch)), device=device,
-                                   any_device=args.any_device)
+                                   any_device=args.any_device, rounds=args.rounds)
         header = machine_header(args.threads, named.name, the_board)
+        if the_board is None and args.rounds > 1:
+            header += f"; {args.rounds} alternating rounds, median of the round medians"
     log(format_table(rows, header))
     if args.json:
         with open(args.json, "w") as out:
@@ -251,6 +323,7 @@ __all__ = [
     "BenchRequest",
     "Board",
     "bench_case",
+    "combine_rounds",
     "format_table",
     "gpu_name",
     "json_rows",

@@ -66,7 +66,21 @@ def machine_header(threads: int, target: str = "x86", board: Board | None = None
     except ImportError:
         ort = "not installed"
     return (f"{cpu_model_name()}, {host_cores()} cores, {threads} threads; {platform.system()} {platform.machine()}; "
-            f"{versions}, onnxruntime {ort}")
+            f"{versions}, onnxruntime {ort}{_peer_versions()}")
+
+
+def _peer_versions() -> str:
+    """', openvino 2026.4.1, ...' for the peer engines installed (from their metadata: importing
+    MNN prints to stdout)."""
+    from importlib import metadata
+
+    found = []
+    for name in ("openvino", "MNN", "ncnn", "pnnx"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return "".join(f", {text}" for text in found)
 
 
 def _estimate_cell(row: dict) -> str:
@@ -105,7 +119,7 @@ def json_rows(rows: list[dict]) -> list[dict]:
     keys = ("model", "target", "batch", "input_size", "backend", "median_ms", "p90_ms", "peak_mem_mb",
             "speedup_vs_pytorch")
     extra = ("skipped", "max_abs_error", "source", "gpu", "rk3288_estimate_ms", "rk3288_estimate_ms_1t",
-             "busy_threads")
+             "busy_threads", "round_medians_ms")
     return [{k: r[k] for k in keys} | {k: r[k] for k in extra if r.get(k) is not None} for r in rows]
 
 
