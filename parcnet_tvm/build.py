@@ -11,10 +11,10 @@ from pathlib import Path
 import tvm
 
 from . import manifest as manifest_io
-from .input_contract import input_contract, output_contract
 from .errors import ParcnetError
 from .fast_math import uses_fast_erf
 from .frontend import import_model, import_onnx_file
+from .input_contract import input_contract, output_contract
 from .model import parse_input_size, variant_key
 from .onnx_file import load_onnx_file
 from .oversized import check_algo

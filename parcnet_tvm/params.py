@@ -82,7 +82,7 @@ def load(library, device=None) -> list:
         return []
     try:
         loaded = tvm.runtime.load_param_dict_from_file(str(path))
-    except Exception as err:  # TVM reports a damaged file as an internal check failure
+    except RuntimeError as err:  # TVM reports a damaged file as an internal check failure
         raise ParcnetError(f"weights file {path} is damaged ({str(err).splitlines()[-1][:120]}): "
                            "rebuild the library") from None
     tensors = [loaded[name] for name in sorted(loaded.keys())]

@@ -5,6 +5,7 @@ and MNN's converter run without the MNN.tools wrapper (which runs pip and sends 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -83,6 +84,7 @@ def test_bench_runs_every_backend_and_writes_json_and_png(tmp_path):
     assert by_backend["pytorch-eager"]["speedup_vs_pytorch"] == 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert done.stdout.startswith("[bench]") and "Machine: " in done.stdout and ", 1 threads;" in done.stdout
+    assert re.search(r"\(family \d+ model \d+, [\w-]+\), \d+ cores", done.stdout)  # the CPU by cpuid
     assert "| parcnetv2_xt | 1 | tvm-ours |" in done.stdout
 
 
@@ -134,7 +136,9 @@ def test_arm_bench_on_the_emulated_board_checks_output_and_gives_the_rk3288_esti
     line = next(line for line in done.stdout.splitlines() if "RK3288 estimate:" in line)
     assert f"{ours['rk3288_estimate_ms']:.0f} ms at 4 threads" in line and "not a measurement" in line
     assert "correctness only" in done.stdout and "median" not in done.stdout
-    assert "| parcnetv2_xt | 1 | tvm-ours | matches (" in done.stdout and "(estimate) |" in done.stdout
+    assert "| parcnetv2_xt | 1 | tvm-ours | matches (" in done.stdout
+    assert f"(estimate), needs {ours['rk3288_footprint_mib']:.0f} MiB |" in done.stdout
+    assert 20 < ours["rk3288_footprint_mib"] < 60  # XT: 28 MiB of weights, once
     assert not (tmp_path / "arm.png").exists() and "plot: skipped" in done.stdout
 
 

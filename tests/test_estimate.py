@@ -93,7 +93,7 @@ def test_the_footprint_counts_the_weights_once_with_activations_code_and_runtime
     from parcnet_tvm.params import path_for
     from parcnet_tvm.weights import prepare_model
 
-    library, manifest = xt_arm
+    library, _ = xt_arm
     needs = footprint(library, runtime)
     weights = path_for(library).stat().st_size / 2**20
     assert abs(needs["weights"] - weights) <= 0.05

@@ -205,6 +205,7 @@ def _add_estimate(row: dict, library, case: BenchCase, log) -> None:
     log(f"[bench] {row['model']} b{case.batch} {row['backend']}: counting on the emulated board (4 and 1 threads)")
     estimate = estimate_library(library, (case.batch, 3, *case.input_size))
     row["rk3288_estimate_ms"], row["rk3288_estimate_ms_1t"] = estimate["ms_4t"], estimate["ms_1t"]
+    row["rk3288_footprint_mib"] = estimate["footprint_mib"]["total"]
     log(f"[bench] {row['model']} b{case.batch} {row['backend']}: {estimate['line']}")
 
 

@@ -47,7 +47,7 @@ def machine_header(threads: int, target: str = "x86", board: Board | None = None
     import torch
     import tvm
 
-    from ..targets import cpu_model_name, get_target, host_cores
+    from ..targets import cpu_model_name, get_target, host_cores, host_cpu
 
     versions = f"torch {torch.__version__}, TVM {tvm.__version__}"
     if target == "arm":
@@ -65,7 +65,9 @@ def machine_header(threads: int, target: str = "x86", board: Board | None = None
         ort = onnxruntime.__version__
     except ImportError:
         ort = "not installed"
-    return (f"{cpu_model_name()}, {host_cores()} cores, {threads} threads; {platform.system()} {platform.machine()}; "
+    cpu = host_cpu()  # rankings change between CPUs of one class: name it by cpuid, not by brand
+    return (f"{cpu.model_name} (family {cpu.family} model {cpu.model}, {cpu.mcpu}), {host_cores()} cores, "
+            f"{threads} threads; {platform.system()} {platform.machine()}; "
             f"{versions}, onnxruntime {ort}{_peer_versions()}")
 
 
@@ -86,7 +88,8 @@ def _peer_versions() -> str:
 def _estimate_cell(row: dict) -> str:
     if row.get("rk3288_estimate_ms") is None:
         return ""
-    return f"{row['rk3288_estimate_ms']:.0f} / {row['rk3288_estimate_ms_1t']:.0f} ms (estimate)"
+    return f"{row['rk3288_estimate_ms']:.0f} / {row['rk3288_estimate_ms_1t']:.0f} ms (estimate)" + \
+        (f", needs {row['rk3288_footprint_mib']:.0f} MiB" if row.get("rk3288_footprint_mib") else "")
 
 
 def _cell(value, fmt: str) -> str:
@@ -119,7 +122,7 @@ def json_rows(rows: list[dict]) -> list[dict]:
     keys = ("model", "target", "batch", "input_size", "backend", "median_ms", "p90_ms", "peak_mem_mb",
             "speedup_vs_pytorch")
     extra = ("skipped", "max_abs_error", "source", "gpu", "rk3288_estimate_ms", "rk3288_estimate_ms_1t",
-             "busy_threads", "round_medians_ms")
+             "rk3288_footprint_mib", "busy_threads", "round_medians_ms")
     return [{k: r[k] for k in keys} | {k: r[k] for k in extra if r.get(k) is not None} for r in rows]
 
 
