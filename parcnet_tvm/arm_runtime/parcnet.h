@@ -32,7 +32,8 @@ extern "C" {
 
 typedef struct parcnet_model parcnet_model;
 
-/* Load the library and its manifest (the input contract, output shape and class names).
+/* Load the library, its weights (model.so -> model.params beside it, read once into memory)
+ * and its manifest (the input contract, output shape and class names).
  * manifest_path NULL: the manifest beside the library (model.so -> model.json). */
 PARCNET_API int parcnet_load(const char* library_path, const char* manifest_path, parcnet_model** out);
 
