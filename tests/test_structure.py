@@ -178,3 +178,20 @@ def test_tests_mirror_the_modules():
         assert name in units, f"{test.name} names no module of parcnet_tvm"
         tested.add(name)
     assert sorted(units - tested - set(TESTED_THROUGH_USERS)) == []
+
+
+def test_readme_is_short_and_its_links_resolve():
+    """README gives the two commands and the current state in at most 250 lines; dated results
+    and details live in docs/, and every file or section it links to exists."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    headings = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", readme, re.M)}
+    for target in re.findall(r"\]\(([^)\s]+)\)", readme):
+        if target.startswith("http"):
+            continue
+        path, _, anchor = target.partition("#")
+        if path:
+            assert (ROOT / path).exists(), target
+        elif anchor:
+            assert anchor in headings, target
