@@ -9,6 +9,7 @@ from support import SMALL, run_script
 
 from parcnet_tvm import ParcnetError
 from parcnet_tvm.manifest import sha256
+from parcnet_tvm.params import path_for as weights_path
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import verify_library
 from parcnet_tvm.weights import prepare_model
@@ -41,6 +42,7 @@ def test_verification_fails_loudly_on_mismatch(xt_small_x86, tmp_path, monkeypat
     other["weights"] = {"checkpoint": str(checkpoint), "sha256": sha256(checkpoint), "seed": None}
     copy = tmp_path / "lib.so"
     copy.write_bytes(library.read_bytes())
+    weights_path(copy).write_bytes(weights_path(library).read_bytes())
     (tmp_path / "lib.json").write_text(json.dumps(other))
     done = run_script("verify.py", copy)
     assert done.returncode == 2
@@ -114,6 +116,7 @@ def test_a_manifest_that_does_not_fit_its_library_is_reported_and_not_rewritten(
     library, manifest = xt_small_x86
     copy = tmp_path / "lib.so"
     copy.write_bytes(library.read_bytes())
+    weights_path(copy).write_bytes(weights_path(library).read_bytes())
     edited = {**manifest, "input_shape": [1, 3, 96, 96], "input_size": [96, 96]}
     (tmp_path / "lib.json").write_text(json.dumps(edited))
     before = (tmp_path / "lib.json").read_text()
