@@ -54,15 +54,18 @@ or cross-build it on the host with the toolchain the runtime was built with:
 
 ## Tune from a host through RPC
 On the host: `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190`. On each board:
-    ./parcnet_rpc_server --tracker HOST_IP:9190 --key rk3288
+    ./parcnet_rpc_server --tracker HOST_IP:9190 --key rk3288 --allow HOST_IP
 Then on the host: `python scripts/tune.py --target arm --rpc-tracker HOST_IP:9190 --rpc-key rk3288`.
 Every board registered under the key measures trials at once; the progress lines say how many
-each measured. Or serve directly: `./parcnet_rpc_server --port 9090` and `--rpc BOARD_IP:9090`.
+each measured. Or serve directly: `./parcnet_rpc_server --port 9090 --bind BOARD_IP --allow HOST_IP`
+and `--rpc BOARD_IP:9090`.
 Then time the tuned library on the board from the host:
 `python scripts/bench.py --target arm --rpc-tracker HOST_IP:9190 --rpc-key rk3288 --tuning-log DIR`.
 
 TVM RPC has no authentication: anyone who reaches the port can run code on the board. Serve
-it on a trusted network only.
+it on a trusted network only, and let the server keep it that way: it listens on loopback
+when serving directly unless `--bind IP` says where (with a tracker: the interface that
+reaches it), and `--allow IP[,IP...]` refuses every other client before reading a byte.
 
 ## Start the RPC server at boot (systemd)
 `parcnet-rpc.service` runs the server from /opt/{name}; edit HOST_IP (the tracker), BOARD_IP (the
@@ -87,7 +90,7 @@ Wants=network-online.target
 
 [Service]
 WorkingDirectory=/opt/{name}
-ExecStart=/opt/{name}/parcnet_rpc_server --tracker HOST_IP:9190 --key rk3288 --host-addr BOARD_IP
+ExecStart=/opt/{name}/parcnet_rpc_server --tracker HOST_IP:9190 --key rk3288 --host-addr BOARD_IP --allow HOST_IP
 Restart=always
 RestartSec=5
 

@@ -208,15 +208,18 @@ def why_not_emulated() -> str | None:
 
 
 def start_rpc_server(port: int | None = None, tracker: str | None = None, key: str | None = None,
-                     runtime: Path | None = None) -> subprocess.Popen:
+                     runtime: Path | None = None, allow: list[str] | None = None) -> subprocess.Popen:
     """Start the board's RPC server under qemu (the emulated board) in its own process group;
-    the caller stops it (board.stop)."""
+    the caller stops it (board.stop). It listens on loopback (the emulated board is this
+    host); `allow`: the only client addresses it serves."""
     runtime = runtime or runtime_dir()
-    cmd = qemu_prefix(runtime) + [str(runtime / "parcnet_rpc_server")]
+    cmd = qemu_prefix(runtime) + [str(runtime / "parcnet_rpc_server"), "--bind", "127.0.0.1"]
     if port:
         cmd += ["--port", str(port)]
     if tracker:
         cmd += ["--tracker", tracker, "--key", key or "rk3288"]
+    if allow:
+        cmd += ["--allow", ",".join(allow)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

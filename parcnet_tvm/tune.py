@@ -82,9 +82,9 @@ BOARD_HOWTO = """no board given, so nothing was tuned for ARM: the library above
 To tune on your board (RK3288 or any ARMv7-A NEON board):
   1. copy the bundle's parcnet_rpc_server + libtvm_*.so to the board (scripts/package_arm.py)
   2. on this host:  python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190
-  3. on the board:  ./parcnet_rpc_server --tracker HOST_IP:9190 --key rk3288
+  3. on the board:  ./parcnet_rpc_server --tracker HOST_IP:9190 --key rk3288 --allow HOST_IP
   4. on this host:  python scripts/tune.py --target arm --model {model} --rpc-tracker HOST_IP:9190 --rpc-key rk3288
-(or ./parcnet_rpc_server --port 9090 on the board and --rpc BOARD_IP:9090 here)"""
+(or ./parcnet_rpc_server --port 9090 --bind BOARD_IP --allow HOST_IP on the board and --rpc BOARD_IP:9090 here)"""
 
 
 def _check_request(request: TuneRequest, named: NamedTarget) -> None:

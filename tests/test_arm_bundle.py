@@ -27,6 +27,7 @@ def test_bundle_runner_top5_equals_pytorch(xt_arm, tmp_path):
     assert "glibc >= 2.17" in readme and "trusted network only" in readme and "--repeat" in readme
     unit = (tmp_path / "bundle" / "parcnet-rpc.service").read_text()
     assert "ExecStart=/opt/bundle/parcnet_rpc_server --tracker HOST_IP:9190" in unit and "Restart=always" in unit
+    assert "--allow HOST_IP" in unit and "--bind BOARD_IP --allow HOST_IP" in readme
 
 
 def test_every_file_of_the_bundle_runs_on_glibc_2_17_without_libstdcxx(xt_arm, tmp_path):

@@ -124,3 +124,48 @@ def test_rpc_server_under_qemu_through_tracker(xt_arm, runtime):
     finally:
         stop(server)
         stop(tracker)
+
+
+def _up(port: int, deadline: float) -> None:
+    """Wait until something accepts TCP connections on the loopback port (qemu starts slowly)."""
+    import socket
+
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_rpc_server_listens_where_told_and_serves_only_allowed_clients(runtime):
+    """TVM RPC runs whatever code a client sends: --bind says where the server listens (loopback
+    by default when serving directly) and --allow refuses other clients before the handshake."""
+    import subprocess
+
+    from tvm import rpc
+
+    server = [*arm_runtime.qemu_prefix(runtime), str(runtime / "parcnet_rpc_server")]
+    for args, message in ((["--bind", "board"], "--bind takes an IPv4 address"),
+                          (["--allow", "10.0.0"], "--allow takes IPv4 addresses")):
+        done = subprocess.run([*server, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    refused_port, served_port = free_port(), free_port()
+    refusing = arm_runtime.start_rpc_server(port=refused_port, runtime=runtime, allow=["10.9.9.9"])
+    serving = arm_runtime.start_rpc_server(port=served_port, runtime=runtime, allow=["127.0.0.1"])
+    try:
+        deadline = time.time() + 120
+        _up(refused_port, deadline)
+        _up(served_port, deadline)
+        with pytest.raises((RuntimeError, OSError)):
+            rpc.connect("127.0.0.1", refused_port, session_timeout=30)
+        remote = rpc.connect("127.0.0.1", served_port, session_timeout=60)
+        assert remote.cpu().exist
+    finally:
+        stop(refusing)
+        stop(serving)
+    refused_log, served_log = refusing.stdout.read(), serving.stdout.read()
+    assert "listening on 127.0.0.1:" in refused_log and "refused a client from 127.0.0.1 (not in --allow)" in refused_log
+    assert "session started" in served_log and "refused" not in served_log

@@ -1,9 +1,13 @@
 // parcnet_rpc_server: a TVM RPC server for the board, so tune.py and bench.py can build
 // on the host and measure here.
 //
-//   parcnet_rpc_server --port 9090                      serve clients directly
+//   parcnet_rpc_server --port 9090 [--bind IP]          serve clients directly
 //   parcnet_rpc_server --tracker HOST:9190 --key rk3288 [--port 9090] [--host-addr IP]
+//   ... --allow IP[,IP...]                               serve only these clients
 //
+// A TVM RPC client runs whatever code it sends, so the server listens where it is told:
+// --bind (default: loopback when serving directly; with a tracker, the interface that
+// reaches it), and --allow refuses every other client before a byte of its is read.
 // Speaks TVM's RPC handshake and tracker protocol (tvm/rpc/server.py is the reference):
 // each accepted session runs in a forked child, in its own work directory, with the
 // runtime's RPC server loop; a session's "-timeout=S" option kills it after S seconds.
@@ -24,6 +28,7 @@
 #include <tvm/ffi/reflection/registry.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -62,6 +67,8 @@ struct Options {
   int tracker_port = 0;
   std::string key;  // direct mode: "" like `python -m tvm.exec.rpc_server`; tracker mode needs one
   std::string host_addr;  // the address the tracker gives clients (default: as the tracker sees us)
+  std::string bind_addr;  // where to listen (default: see the top of the file)
+  std::vector<in_addr_t> allow;  // clients served (network order); empty: any
 };
 
 [[noreturn]] void Fail(const std::string& msg) {
@@ -96,8 +103,23 @@ Options ParseArgs(int argc, char** argv) {
       opt.key = value();
     } else if (arg == "--host-addr") {
       opt.host_addr = value();
+    } else if (arg == "--bind") {
+      opt.bind_addr = value();
+      in_addr parsed{};
+      if (inet_pton(AF_INET, opt.bind_addr.c_str(), &parsed) != 1) {
+        Fail("--bind takes an IPv4 address (e.g. 192.168.1.20, or 0.0.0.0 for every interface), got " + opt.bind_addr);
+      }
+    } else if (arg == "--allow") {
+      std::string list = value() + ",";
+      for (size_t start = 0, comma; (comma = list.find(',', start)) != std::string::npos; start = comma + 1) {
+        std::string ip = list.substr(start, comma - start);
+        in_addr parsed{};
+        if (inet_pton(AF_INET, ip.c_str(), &parsed) != 1) Fail("--allow takes IPv4 addresses IP[,IP...], got " + ip);
+        opt.allow.push_back(parsed.s_addr);
+      }
     } else {
-      Fail("usage: parcnet_rpc_server [--port P [--port-end Q]] [--tracker HOST:PORT --key KEY] [--host-addr IP]");
+      Fail("usage: parcnet_rpc_server [--port P [--port-end Q]] [--tracker HOST:PORT --key KEY] [--host-addr IP] "
+           "[--bind IP] [--allow IP[,IP...]]");
     }
   }
   if (!opt.tracker_host.empty() && opt.key.empty()) Fail("--tracker needs --key KEY (e.g. rk3288)");
@@ -153,7 +175,32 @@ std::string RecvString(int fd) {
   return s;
 }
 
-int Listen(const Options& opt, int* port) {
+// The local address of the route to host:port (a UDP "connection" sends nothing).
+std::string LocalAddressTowards(const std::string& host, int port) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0 || res == nullptr) {
+    Fail("cannot resolve the tracker's host " + host + ": give its IP, or --bind IP");
+  }
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in local{};
+  socklen_t size = sizeof(local);
+  bool found = fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0 &&
+               getsockname(fd, reinterpret_cast<sockaddr*>(&local), &size) == 0;
+  freeaddrinfo(res);
+  if (fd >= 0) close(fd);
+  if (!found) Fail("no route to the tracker " + host + ": check the address, or give --bind IP");
+  char text[INET_ADDRSTRLEN];
+  return inet_ntop(AF_INET, &local.sin_addr, text, sizeof(text));
+}
+
+std::string BindAddress(const Options& opt) {
+  if (!opt.bind_addr.empty()) return opt.bind_addr;
+  return opt.tracker_host.empty() ? "127.0.0.1" : LocalAddressTowards(opt.tracker_host, opt.tracker_port);
+}
+
+int Listen(const Options& opt, const std::string& bind_addr, int* port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) Fail("cannot create a socket");
   int one = 1;
@@ -161,14 +208,14 @@ int Listen(const Options& opt, int* port) {
   for (int p = opt.port; p <= opt.port_end; ++p) {
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    inet_pton(AF_INET, bind_addr.c_str(), &addr.sin_addr);
     addr.sin_port = htons(uint16_t(p));
     if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 && listen(fd, 8) == 0) {
       *port = p;
       return fd;
     }
   }
-  Fail("no free port in " + std::to_string(opt.port) + ".." + std::to_string(opt.port_end));
+  Fail("no free port in " + std::to_string(opt.port) + ".." + std::to_string(opt.port_end) + " on " + bind_addr);
 }
 
 int Connect(const std::string& host, int port) {
@@ -323,9 +370,11 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   RegisterServerFunctions();
   int port = 0;
-  int listen_fd = Listen(opt, &port);
+  std::string bind_addr = BindAddress(opt);
+  int listen_fd = Listen(opt, bind_addr, &port);
   Tracker tracker(opt, port);
-  Log("listening on port " + std::to_string(port) +
+  Log("listening on " + bind_addr + ":" + std::to_string(port) +
+      (opt.allow.empty() ? "" : ", serving only the clients of --allow") +
       (tracker.enabled() ? ", tracker " + opt.tracker_host + ":" + std::to_string(opt.tracker_port) +
                                ", key " + opt.key
                          : ""));
@@ -343,8 +392,18 @@ int main(int argc, char** argv) {
             continue;
           }
         }
-        int conn = accept(listen_fd, nullptr, nullptr);
+        sockaddr_in peer{};
+        socklen_t peer_size = sizeof(peer);
+        int conn = accept(listen_fd, reinterpret_cast<sockaddr*>(&peer), &peer_size);
         if (conn < 0) continue;
+        if (!opt.allow.empty() &&
+            std::find(opt.allow.begin(), opt.allow.end(), peer.sin_addr.s_addr) == opt.allow.end()) {
+          char text[INET_ADDRSTRLEN];
+          Log(std::string("refused a client from ") + inet_ntop(AF_INET, &peer.sin_addr, text, sizeof(text)) +
+              " (not in --allow)");
+          close(conn);
+          continue;
+        }
         int one = 1;
         setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         std::string expected = tracker.enabled() ? tracker.matchkey() : opt.key;
