@@ -157,6 +157,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
     partial = manifest_io.partial_path(output)
     named_target.export_library(executable, partial)
     save_weights(weights, weights_path(partial))
+    saved_weights = describe_weights(weights_path(partial), len(weights))
     compiled = time.perf_counter()
     log(f"[3/4] compiled and exported in {compiled - imported:.1f} s")
 
@@ -203,9 +204,9 @@ def build_library(request: BuildRequest, log=print) -> dict:
             "seed": None if request.checkpoint else WEIGHT_SEED,
         },
         "sha256": manifest_io.sha256(partial),
-        "params": {**describe_weights(weights_path(partial), len(weights)), "file": weights_path(output).name},
+        "params": {**saved_weights, "file": weights_path(output).name},
         # what running the library holds besides its code: weights once, planned activations
-        "memory": {"weights_bytes": weights_path(partial).stat().st_size,
+        "memory": {"weights_bytes": saved_weights["bytes"],
                    "planned_activation_bytes": planned_bytes(lowered),
                    "library_bytes": partial.stat().st_size},
         "build_seconds": round(compiled - started, 1),

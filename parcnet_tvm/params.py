@@ -95,8 +95,10 @@ def _manifest_beside(library) -> dict:
     """The manifest beside `library`, or {} (a library being verified has none yet)."""
     import json
 
+    from .manifest import path_for as manifest_path
+
     try:
-        manifest = json.loads(Path(library).with_suffix(".json").read_text())
+        manifest = json.loads(manifest_path(library).read_text())
     except (OSError, ValueError):
         return {}
     return manifest if isinstance(manifest, dict) else {}
