@@ -3,11 +3,11 @@ runtime, runner and RPC server (`runtime.py`), and a README for the person with 
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from . import manifest as manifest_io
+from . import outputs
 from .errors import ParcnetError
 from .input_contract import CLASS_NAMES
 from .params import path_for as weights_path
@@ -114,38 +114,35 @@ def package(library, out_dir, runtime: Path | None = None, check: bool = False) 
     if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or is_bundle(out_dir))):
         raise ParcnetError(f"{out_dir} exists and is not a bundle of ours: refusing to replace it; choose another -o")
     manifest_io.check_writable_folder(out_dir.parent, "the bundle")
-    # Assembled in a folder beside it and renamed into place: an interrupted run leaves the
-    # bundle that was there, or the new one, never half of one.
-    partial = manifest_io.partial_path(out_dir)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        shutil.copy2(library, partial / library.name)
-        if weights_path(library).is_file():  # libraries built before the weights left the .so have none
-            shutil.copy2(weights_path(library), partial / weights_path(library).name)
-        manifest_io.write(partial / library.name, info)
-        for name in LIBRARIES + PROGRAMS:
-            shutil.copy2(runtime / name, partial / name)
-        _, _, height, width = info["input_shape"]
-        (partial / "README.md").write_text(BOARD_README.format(
-            name=out_dir.name, library=library.name, weights=weights_path(library).name, manifest=manifest_io.path_for(library).name,
-            height=height, width=width, shape="x".join(map(str, info["input_shape"])),
-            resize=info.get("input", {}).get("resize", {}).get("shorter_side", "the manifest's size")))
-        (partial / "parcnet-rpc.service").write_text(SYSTEMD_UNIT.format(name=out_dir.name))
-        for name in ("LICENSE", "NOTICE"):  # what the bundle redistributes, and under which terms
-            shutil.copy2(LEGAL_DIR / name, partial / name)
-        # the C API's header and example; the class names the manifest's output names
-        shutil.copy2(SOURCE_DIR / "parcnet.h", partial / "parcnet.h")
-        shutil.copytree(SOURCE_DIR / "example", partial / "example")
-        if info.get("output", {}).get("class_names") == CLASS_NAMES.name:
-            shutil.copy2(CLASS_NAMES, partial / CLASS_NAMES.name)
+    # Assembled in a folder beside it and renamed into place (outputs.py): an interrupted or
+    # failed run leaves the bundle that was there, or the new one, never half of one.
+    with outputs.replacing(out_dir) as (partial,):
+        partial.mkdir(parents=True)
+        _assemble(partial, library, info, runtime, out_dir.name)
         report = check_bundle_top5(partial) if check else None
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(partial, out_dir)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return out_dir, report
+
+
+def _assemble(partial: Path, library: Path, info: dict, runtime: Path, name: str) -> None:
+    shutil.copy2(library, partial / library.name)
+    if weights_path(library).is_file():  # libraries built before the weights left the .so have none
+        shutil.copy2(weights_path(library), partial / weights_path(library).name)
+    manifest_io.write(partial / library.name, info)
+    for runtime_file in LIBRARIES + PROGRAMS:
+        shutil.copy2(runtime / runtime_file, partial / runtime_file)
+    _, _, height, width = info["input_shape"]
+    (partial / "README.md").write_text(BOARD_README.format(
+        name=name, library=library.name, weights=weights_path(library).name, manifest=manifest_io.path_for(library).name,
+        height=height, width=width, shape="x".join(map(str, info["input_shape"])),
+        resize=info.get("input", {}).get("resize", {}).get("shorter_side", "the manifest's size")))
+    (partial / "parcnet-rpc.service").write_text(SYSTEMD_UNIT.format(name=name))
+    for legal in ("LICENSE", "NOTICE"):  # what the bundle redistributes, and under which terms
+        shutil.copy2(LEGAL_DIR / legal, partial / legal)
+    # the C API's header and example; the class names the manifest's output names
+    shutil.copy2(SOURCE_DIR / "parcnet.h", partial / "parcnet.h")
+    shutil.copytree(SOURCE_DIR / "example", partial / "example")
+    if info.get("output", {}).get("class_names") == CLASS_NAMES.name:
+        shutil.copy2(CLASS_NAMES, partial / CLASS_NAMES.name)
 
 
 def is_bundle(folder: Path) -> bool:

@@ -3,7 +3,6 @@ target -> manifest + verification."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import tvm
 
 from . import manifest as manifest_io
+from . import outputs
 from .errors import ParcnetError
 from .fast_math import uses_fast_erf
 from .frontend import import_model, import_onnx_file
@@ -101,6 +101,36 @@ def returned_shape(mod) -> tuple[int, ...]:
 
 def build_library(request: BuildRequest, log=print) -> dict:
     """Build, export and verify one library; returns its manifest (also written beside it)."""
+    named_target, input_size, output = check_build_request(request, log)
+    log(f"target: {named_target.description}")
+    started = time.perf_counter()
+    model, mod, input_shape, frontend = import_request(request, input_size, log)
+    imported = time.perf_counter()
+    log(f"[2/4] imported through {frontend} in {imported - started:.1f} s")
+    options = request.pipeline_options()
+    prepared, done = prepare_and_report(mod, named_target, options, request, log)
+    # The weights leave the code: OUT.params beside OUT.so, held once in memory (params.py).
+    prepared, weights = lift_weights(prepared)
+    lowered = lower(prepared, named_target, options)
+    executable = codegen(lowered, named_target, options)
+    # Written beside the output under other names (outputs.py), renamed into place together
+    # only once they have verified: a failed, interrupted or disk-full build leaves what was
+    # at `output` untouched.
+    with outputs.replacing(output, weights_path(output), manifest_io.path_for(output)) as (library, _, manifest_file):
+        _export(named_target, executable, weights, library)
+        compiled = time.perf_counter()
+        log(f"[3/4] compiled and exported in {compiled - imported:.1f} s")
+        manifest = describe_library(request, named_target, model, mod, frontend, input_shape, done, library,
+                                    output, planned_bytes(lowered), len(weights))
+        manifest["build_seconds"] = round(compiled - started, 1)
+        manifest["verification"] = _verify(request, model, library, named_target, input_shape, output, log)
+        manifest_file.write_text(manifest_io.dumps(manifest))
+    log(f"      {output} and its manifest {manifest_io.path_for(output).name}")
+    return manifest
+
+
+def check_build_request(request: BuildRequest, log) -> tuple:
+    """Everything that can be checked before the import and the compile: (target, input size, output)."""
     named_target = get_target(request.target, cuda_arch=request.cuda_arch, mcpu=request.mcpu)
     named_target.check_toolchain()
     input_size = parse_input_size(request.input_size)
@@ -109,7 +139,6 @@ def build_library(request: BuildRequest, log=print) -> dict:
     check_onnx_request(request.onnx, request.checkpoint, request.resize_kernels)
     output = request.output_path()
     manifest_io.check_output(output)
-    # everything that can be checked before the import and the compile
     check_algo(request.oversized_algo)
     tuning_logs = request.tuning_logs()
     if tuning_logs and request.tvm_default:
@@ -118,29 +147,30 @@ def build_library(request: BuildRequest, log=print) -> dict:
         require_log(log_dir)
         check_log_target(log_dir, named_target, log=lambda *_: None)  # another kind of device: refused first
         check_build_log(log_dir, named_target, request.device, request.any_device, log)
-    input_shape = (request.batch, 3, *input_size)
-    log(f"target: {named_target.description}")
+    return named_target, input_size, output
 
-    started = time.perf_counter()
+
+def import_request(request: BuildRequest, input_size, log) -> tuple:
+    """(model, Relax module, input shape, frontend name) of our PyTorch model or the user's ONNX file."""
     if request.onnx:  # the user's export; verified against onnxruntime on the same file
         model = load_onnx_file(request.onnx, request.batch)
-        input_shape, input_size = model.input_shape, model.input_shape[2:]
-        log(f"[1/4] ONNX file {request.onnx}, input {list(input_shape)} (batch fixed, shape arithmetic folded)")
-        mod, frontend = import_onnx_file(model), "onnx-file"
-    else:
-        model = prepare_model(request.model, input_size, request.checkpoint, request.resize_kernels)
-        log(f"[1/4] model {model.variant.name}, input {list(input_shape)}")
-        mod, frontend = import_model(model, input_shape, request.frontend), request.frontend
-    imported = time.perf_counter()
-    log(f"[2/4] imported through {frontend} in {imported - started:.1f} s")
+        log(f"[1/4] ONNX file {request.onnx}, input {list(model.input_shape)} (batch fixed, shape arithmetic folded)")
+        return model, import_onnx_file(model), tuple(model.input_shape), "onnx-file"
+    model = prepare_model(request.model, input_size, request.checkpoint, request.resize_kernels)
+    input_shape = (request.batch, 3, *input_size)
+    log(f"[1/4] model {model.variant.name}, input {list(input_shape)}")
+    return model, import_model(model, input_shape, request.frontend), input_shape, request.frontend
 
-    options = request.pipeline_options()
+
+def prepare_and_report(mod, named_target, options: PipelineOptions, request: BuildRequest, log) -> tuple:
+    """Our graph passes and schedules (`pipeline.prepare`), and what they did, said once."""
     prepared = prepare(mod, named_target, options, log)
     done = report(prepared)
     if done:
         algos = ", ".join(f"{n} {a}" for a, n in done.get("oversized_algos", {}).items()) or "none"
         log(f"      {done.get('oversized_pairs', 0)} oversized conv pairs on our op ({algos}); channels-last, "
             f"{done['transposes_left']} transposes left; {done['layer_norms_fused']} LayerNormGeneral chains as one op")
+    tuning_logs = request.tuning_logs()
     if tuning_logs:
         log(f"      tuning log: {done['kernels_from_database']} of {done['kernels']} kernels from the database, "
             f"{done['kernels'] - done['kernels_from_database']} from our hand rules")
@@ -148,23 +178,43 @@ def build_library(request: BuildRequest, log=print) -> dict:
             raise ParcnetError(f"tuning log {', '.join(map(str, tuning_logs))} has no record for any kernel of this "
                                "build: it was tuned for another model, input size or batch; tune this one "
                                "(scripts/tune.py) or drop --tuning-log")
-    # The weights leave the code: OUT.params beside OUT.so, held once in memory (params.py).
-    prepared, weights = lift_weights(prepared)
-    lowered = lower(prepared, named_target, options)
-    executable = codegen(lowered, named_target, options)
-    # Written beside the output under other names, and renamed into place only once they have
-    # verified: a failed build leaves whatever was at `output` untouched.
-    partial = manifest_io.partial_path(output)
-    named_target.export_library(executable, partial)
-    save_weights(weights, weights_path(partial))
-    saved_weights = describe_weights(weights_path(partial), len(weights))
-    compiled = time.perf_counter()
-    log(f"[3/4] compiled and exported in {compiled - imported:.1f} s")
+    return prepared, done
 
-    manifest = {
+
+def _export(named_target, executable, weights: dict, library: Path) -> None:
+    """The code as `library`, the weights beside it. A full disk becomes the OSError that names
+    the file (a write() error names none, and TVM's linker reports it as text in a RuntimeError)."""
+    for path, write in ((library, lambda: named_target.export_library(executable, library)),
+                        (weights_path(library), lambda: save_weights(weights, weights_path(library)))):
+        try:
+            write()
+        except (OSError, RuntimeError) as err:
+            if outputs.is_disk_full(err):
+                raise outputs.disk_full_error(err, outputs.final(path)) from None
+            raise
+
+
+def _verify(request: BuildRequest, model, library: Path, named_target, input_shape, output: Path, log) -> dict:
+    result = verify_against(model, library, named_target, input_shape) if request.verify else {"status": "not run"}
+    if result["status"] == "passed":
+        log(f"[4/4] verified against {result['reference'].split()[0]}: max abs error "
+            f"{result['max_abs_error']:.2e} <= {result['tolerance']:g}")
+    else:
+        log(f"[4/4] verification {result['status']}" + (f": {result['reason']}" if "reason" in result else ""))
+    raise_on_failure(result, output, kept_note=f" (nothing written: {output} is as it was)")
+    return result
+
+
+def describe_library(request: BuildRequest, named_target, model, mod, frontend: str, input_shape, done: dict,
+                     library: Path, output: Path, activation_bytes: int, tensors: int) -> dict:
+    """The manifest of a built library (`library`, still under its partial name; `output` is
+    where it goes)."""
+    tuning_logs = request.tuning_logs()
+    saved_weights = describe_weights(weights_path(library), tensors)
+    return {
         "library": output.name,
         "model": model.name if request.onnx else model.variant.name,
-        "input_size": list(input_size),
+        "input_size": list(input_shape[2:]),
         "input_shape": list(input_shape),
         # the input contract (official evaluation preprocessing) and the output, for the runner,
         # the C API and the Python API: input_contract.py
@@ -195,7 +245,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
         "schedules": "tvm-default" if request.tvm_default else "ours",
         # rule name -> kernels it scheduled (ours, `tuning_database`, or a fallback)
         "kernel_schedules": done.get("kernel_schedules", {}),
-        "cuda_graph": uses_cuda_graph(named_target, options),
+        "cuda_graph": uses_cuda_graph(named_target, request.pipeline_options()),
         "oversized_op": {"custom_op": request.custom_op and not request.tvm_default,
                          "algo": request.oversized_algo},
         "weights": {"in": "the ONNX file"} if request.onnx else {
@@ -203,31 +253,12 @@ def build_library(request: BuildRequest, log=print) -> dict:
             "sha256": manifest_io.sha256(request.checkpoint) if request.checkpoint else None,
             "seed": None if request.checkpoint else WEIGHT_SEED,
         },
-        "sha256": manifest_io.sha256(partial),
+        "sha256": manifest_io.sha256(library),
         "params": {**saved_weights, "file": weights_path(output).name},
         # what running the library holds besides its code: weights once, planned activations
         "memory": {"weights_bytes": saved_weights["bytes"],
-                   "planned_activation_bytes": planned_bytes(lowered),
-                   "library_bytes": partial.stat().st_size},
-        "build_seconds": round(compiled - started, 1),
+                   "planned_activation_bytes": activation_bytes,
+                   "library_bytes": library.stat().st_size},
+        "build_seconds": None,
         "verification": {"status": "not run"},
     }
-    try:
-        if request.verify:
-            manifest["verification"] = verify_against(model, partial, named_target, input_shape)
-        result = manifest["verification"]
-        if result["status"] == "passed":
-            log(f"[4/4] verified against {result['reference'].split()[0]}: max abs error "
-                f"{result['max_abs_error']:.2e} <= {result['tolerance']:g}")
-        else:
-            log(f"[4/4] verification {result['status']}" + (f": {result['reason']}" if "reason" in result else ""))
-        raise_on_failure(result, output, kept_note=f" (nothing written: {output} is as it was)")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        weights_path(partial).unlink(missing_ok=True)
-        raise
-    os.replace(weights_path(partial), weights_path(output))
-    os.replace(partial, output)
-    manifest_io.write(output, manifest)
-    log(f"      {output} and its manifest {manifest_io.path_for(output).name}")
-    return manifest

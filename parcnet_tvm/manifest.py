@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from . import outputs
 from .errors import ParcnetError
 
 
@@ -105,17 +106,10 @@ def check_output(library) -> None:
                            "choose another -o")
 
 
-def partial_path(path) -> Path:
-    """Where an artifact is written before it is checked and renamed into place (same folder,
-    same suffix: the linker and loaders go by it)."""
-    path = Path(path)
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+def dumps(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=False) + "\n"
 
 
 def write(library, manifest: dict) -> Path:
-    """Write atomically, so an interrupted run never leaves half a manifest."""
-    path = path_for(library)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Written whole or not at all (outputs.py): an interrupted run never leaves half a manifest."""
+    return outputs.write_text(path_for(library), dumps(manifest))

@@ -66,8 +66,10 @@ def lift_weights(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModu
 
 
 def save(values: dict, path) -> Path:
-    """Write the weights (name -> tensor) as a TVM parameter file."""
-    tvm.runtime.save_param_dict_to_file(values, str(path))
+    """Write the weights (name -> tensor) as a TVM parameter file. Serialized here and written
+    from Python, so that a full disk is an OSError naming the path (TVM's own file writer
+    does not check its writes)."""
+    Path(path).write_bytes(tvm.runtime.save_param_dict(values))
     return Path(path)
 
 

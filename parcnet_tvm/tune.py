@@ -25,6 +25,7 @@ What a user can rely on:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from .tuning.device import Device, check_tuning_into, device_for
 from .tuning.progress import boards_line
 from .tuning.measurement import local_measurement, rpc_measurement
 from .tuning.tasks import extract_tasks, same_device_logs, tune_fused_module
-from .tuning_log import default_work_dir, has_log, is_shipped, shipped_log
+from .tuning_log import default_work_dir, has_log, is_shipped, shipped_log, writing
 from .weights import prepare_model
 
 
@@ -109,10 +110,40 @@ def _check_request(request: TuneRequest, named: NamedTarget) -> None:
             raise ParcnetError(f"--warm-start {path}: no such folder (give a work dir tune.py wrote)")
 
 
+@dataclass(frozen=True)
+class TuneJob:
+    """A tune request resolved once: what every stage of the run reads."""
+    target: NamedTarget
+    input_size: tuple
+    model_key: str                 # the model's name in logs (xt, or onnx-<file stem>)
+    onnx_model: object             # the loaded ONNX file, or None
+    has_board: bool
+    device: Device | None          # who measures the trials (None: nothing is tuned)
+    work_dir: Path | None
+    warm_start: tuple              # logs of this device that may warm-start it
+
+
 def tune_model(request: TuneRequest, log=print) -> dict:
     """Tune (where the target can be measured), build, verify and time one model.
     Returns {"summary": TuneSummary | None, "manifest": ..., "library": path, "rows": table rows}."""
+    job = resolve(request, log)
+    # one writer per log, held through the tune and the build that reads it (tuning_log.writing)
+    with writing(job.work_dir) if job.device else contextlib.nullcontext():
+        summary = _tune(request, job, log) if job.device else None
+        build, manifest = _build_tuned(request, job, log)
+    library = build.output_path()
+    result = {"summary": summary, "manifest": manifest, "library": str(library), "rows": []}
+    if job.target.name == "arm" and not job.has_board:
+        logs = build.tuning_logs()
+        log(BOARD_HOWTO.format(model=job.model_key,
+                               logs=f" and the log(s) {', '.join(map(str, logs))}" if logs else ""))
+    if request.compare:
+        result.update(_time_or_estimate(request, job, build, manifest, log))
+    return result
 
+
+def resolve(request: TuneRequest, log) -> TuneJob:
+    """Check the request and resolve target, input, device and logs, before hours of tuning."""
     named = get_target(request.target, cuda_arch=request.cuda_arch, mcpu=request.mcpu)
     _check_request(request, named)
     named.check_toolchain()
@@ -120,7 +151,7 @@ def tune_model(request: TuneRequest, log=print) -> dict:
         board.check_reachable(request.rpc_tracker, request.rpc_key, request.rpc)
     check_onnx_request(request.onnx, request.checkpoint, request.resize_kernels)
     onnx_model = load_onnx_file(request.onnx, request.batch) if request.onnx else None
-    input_size = onnx_model.input_shape[2:] if onnx_model else parse_input_size(request.input_size)
+    input_size = tuple(onnx_model.input_shape[2:]) if onnx_model else parse_input_size(request.input_size)
     model_key = f"onnx-{onnx_model.name}" if onnx_model else variant_key(request.model)
     has_board = bool(request.rpc or request.rpc_tracker or request.emulate)
     will_tune = named.name == "x86" or (named.name == "arm" and has_board) or named.name == "cuda"
@@ -132,70 +163,81 @@ def tune_model(request: TuneRequest, log=print) -> dict:
     if work_dir:
         manifest_io.check_writable_folder(work_dir, "the tuning log" if request.work_dir else
                                           "the tuning log ($PARCNET_TVM_CACHE or --work-dir moves it)")
-    manifest_io.check_output(BuildRequest(model=request.model, target=named.name, input_size=input_size,
-                                          batch=request.batch, resize_kernels=request.resize_kernels,
-                                          onnx=request.onnx, output=request.output).output_path())
+    manifest_io.check_output(_build_request(request, named, input_size, [], None).output_path())
     if named.name == "cuda" and not local_cuda_arch():
         raise ParcnetError("no CUDA GPU is visible here, so nothing can be tuned for CUDA. To build from an "
                            "existing log: python scripts/build.py --target cuda --tuning-log DIR")
     log(f"target: {named.description}; tuning log: {work_dir or 'none'}"
         + (f" (device {device.id})" if device else ""))
-    warm_start = same_device_logs(candidates, device, log) if device else []
+    warm_start = tuple(same_device_logs(candidates, device, log)) if device else ()
+    return TuneJob(named, input_size, model_key, onnx_model, has_board, device, work_dir, warm_start)
 
-    summary = None
-    if will_tune:
-        started = time.perf_counter()
-        if onnx_model:
-            name, mod = onnx_model.path.name, import_onnx_file(onnx_model)
-        else:
-            model = prepare_model(request.model, input_size, request.checkpoint, request.resize_kernels)
-            name, mod = model.variant.name, import_model(model, (request.batch, 3, *input_size), "torch")
-        fused = fused_module(mod, named, PipelineOptions(exact_math=request.exact_math))
-        log(f"[tune] model {name} {request.batch}x3x{input_size[0]}x{input_size[1]} imported "
-            f"and fused in {time.perf_counter() - started:.1f} s")
-        tasks = extract_tasks(fused, named, request.only)
-        budget = default_budget(len(tasks), request.trials, request.trials_per_task, request.trials_per_iter,
-                                request.time_budget)
-        with board.chosen_board(request.emulate, request.rpc, request.rpc_tracker, request.rpc_key, log) as chosen:
-            measurement = measurement_on(chosen, named)
-            summary = tune_fused_module(fused, named, work_dir, budget, measurement, warm_start,
-                                        request.only, request.seed, log, tasks=tasks,
-                                        design_space=request.design_space)
-        failed = f", {summary.trials_failed} of them failed ({summary.failure}): their tasks are tuned again " \
-            "by a rerun" if summary.trials_failed else ""
-        boards = f"; {boards_line(summary.trials_by_board)}" if summary.trials_by_board else ""
-        log(f"[tune] {summary.trials_new} new trials{failed} in {summary.seconds / 60:.1f} min ({summary.stopped})"
-            f"{boards}; log: {work_dir}")
 
-    logs = [work_dir] if work_dir and has_log(work_dir) else []
-    logs += [Path(p) for p in warm_start if Path(p).resolve() not in {d.resolve() for d in logs}]
-    build = BuildRequest(model=request.model, target=named.name, input_size=request.input_size,
-                         batch=request.batch, checkpoint=request.checkpoint, resize_kernels=request.resize_kernels,
-                         onnx=request.onnx, output=request.output,
-                         cuda_arch=request.cuda_arch, mcpu=request.mcpu, tuning_log=logs, logs_must_apply=False,
-                         exact_math=request.exact_math, device=device.id if device else None)
-    manifest = build_library(build, log=log)
-    library = build.output_path()
-    result = {"summary": summary, "manifest": manifest, "library": str(library), "rows": []}
-    if named.name == "arm" and not has_board:
-        log(BOARD_HOWTO.format(model=model_key, logs=f" and the log(s) {', '.join(map(str, logs))}" if logs else ""))
-    if request.compare and onnx_model:
+def _tune(request: TuneRequest, job: TuneJob, log):
+    """Import and fuse the model, then tune its tasks into the job's work dir."""
+    started = time.perf_counter()
+    if job.onnx_model:
+        name, mod = job.onnx_model.path.name, import_onnx_file(job.onnx_model)
+    else:
+        model = prepare_model(request.model, job.input_size, request.checkpoint, request.resize_kernels)
+        name, mod = model.variant.name, import_model(model, (request.batch, 3, *job.input_size), "torch")
+    fused = fused_module(mod, job.target, PipelineOptions(exact_math=request.exact_math))
+    log(f"[tune] model {name} {request.batch}x3x{job.input_size[0]}x{job.input_size[1]} imported "
+        f"and fused in {time.perf_counter() - started:.1f} s")
+    tasks = extract_tasks(fused, job.target, request.only)
+    budget = default_budget(len(tasks), request.trials, request.trials_per_task, request.trials_per_iter,
+                            request.time_budget)
+    with board.chosen_board(request.emulate, request.rpc, request.rpc_tracker, request.rpc_key, log) as chosen:
+        measurement = measurement_on(chosen, job.target)
+        summary = tune_fused_module(fused, job.target, job.work_dir, budget, measurement, job.warm_start,
+                                    request.only, request.seed, log, tasks=tasks,
+                                    design_space=request.design_space)
+    failed = f", {summary.trials_failed} of them failed ({summary.failure}): their tasks are tuned again " \
+        "by a rerun" if summary.trials_failed else ""
+    boards = f"; {boards_line(summary.trials_by_board)}" if summary.trials_by_board else ""
+    log(f"[tune] {summary.trials_new} new trials{failed} in {summary.seconds / 60:.1f} min ({summary.stopped})"
+        f"{boards}; log: {job.work_dir}")
+    return summary
+
+
+def _build_request(request: TuneRequest, named: NamedTarget, input_size, logs, device) -> BuildRequest:
+    return BuildRequest(model=request.model, target=named.name, input_size=input_size,
+                        batch=request.batch, checkpoint=request.checkpoint, resize_kernels=request.resize_kernels,
+                        onnx=request.onnx, output=request.output,
+                        cuda_arch=request.cuda_arch, mcpu=request.mcpu, tuning_log=logs, logs_must_apply=False,
+                        exact_math=request.exact_math, device=device.id if device else None)
+
+
+def _build_tuned(request: TuneRequest, job: TuneJob, log) -> tuple[BuildRequest, dict]:
+    """Build and verify the library from the run's log and the warm-start logs."""
+    logs = [job.work_dir] if job.work_dir and has_log(job.work_dir) else []
+    logs += [Path(p) for p in job.warm_start if Path(p).resolve() not in {d.resolve() for d in logs}]
+    build = _build_request(request, job.target, request.input_size, logs, job.device)
+    return build, build_library(build, log=log)
+
+
+def _time_or_estimate(request: TuneRequest, job: TuneJob, build: BuildRequest, manifest: dict, log) -> dict:
+    """The latency table where the library runs here; the RK3288 estimate where only an
+    emulated board does; where to time it otherwise."""
+    library, named = build.output_path(), job.target
+    if job.onnx_model:
         log("latency: the table compares with PyTorch eager, which an --onnx build does not have; "
             f"time {library} with scripts/bench.py")
-    elif request.compare and not named.emulated and why_not_runnable(named) is None:
-        result["rows"] = compare_untuned_tuned_pytorch(build, manifest, request.compare, log)
-    elif request.compare and named.emulated and has_board and not request.emulate:
+    elif not named.emulated and why_not_runnable(named) is None:
+        return {"rows": compare_untuned_tuned_pytorch(build, manifest, request.compare, log)}
+    elif named.emulated and job.has_board and not request.emulate:
         log("latency: time it on the board (a measurement, not the estimate): scripts/bench.py --target arm "
             "--rpc-tracker HOST:PORT --rpc-key KEY, or parcnet_runner LIB.so --input x.raw --repeat 50")
-    elif request.compare and named.emulated:  # no real board: the RK3288 estimate is all there is
+    elif named.emulated:  # no real board: the RK3288 estimate is all there is
         from .estimate import estimate_library
 
         log("[estimate] counting the library's work on the emulated board at 4 and 1 threads (minutes at 224)")
-        result["estimate"] = estimate_library(library, manifest["input_shape"])
-        log(result["estimate"]["line"])
+        estimate = estimate_library(library, manifest["input_shape"])
+        log(estimate["line"])
         log("latency: not measured here (emulated time is not latency); time it on the board: "
             "parcnet_runner LIB.so --input x.raw --repeat 50")
-    return result
+        return {"estimate": estimate}
+    return {}
 
 
 def logs_of_run(model_key: str, target: str, input_size, batch: int, device: Device | None, work_dir=None,

@@ -168,3 +168,54 @@ def test_bench_tvm_tuned_never_uses_a_log_of_another_device(tiny_run, tmp_path, 
     work = default_work_dir("xt", "x86", (SMALL, SMALL), 1, device.id)
     shutil.copytree(tiny_run[0] / "log", work)
     assert default_tuning_logs(case, device) == [work]
+
+
+HOLD_LOG = """
+import sys, time
+from parcnet_tvm.tuning_log import writing
+with writing(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def log_being_written(tiny_run, tmp_path):
+    """A copy of a tuning log that another process holds as a running tune does (its writer
+    lock), with half a record at the end, as a write in flight leaves it."""
+    import subprocess
+    import sys
+
+    work = tmp_path / "log"
+    shutil.copytree(tiny_run[0] / "log", work)
+    with open(work / RECORD_FILE, "a") as records:
+        records.write(record_lines(work)[-1][:40])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOG, str(work)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    yield work, holder
+    holder.kill()
+    holder.wait()
+
+
+def test_a_second_run_on_a_work_dir_refuses_at_once_naming_the_first(log_being_written):
+    import time
+
+    from parcnet_tvm.tuning_log import writing
+
+    work, holder = log_being_written
+    started = time.monotonic()
+    with pytest.raises(ParcnetError, match=rf"{work} is being written by another run \(tune pid {holder.pid} since"):
+        with writing(work):
+            pass
+    assert time.monotonic() - started < 5  # refused at once, not after the wait for readers
+
+
+def test_a_reader_never_repairs_a_log_being_written_but_reads_a_snapshot(log_being_written):
+    work, _ = log_being_written
+    before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    messages = []
+    database = open_database(work, log=messages.append)
+    whole = len(record_lines(work)) - 1  # all but the line still being written
+    assert len(database.get_all_tuning_records()) == whole
+    assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before  # nothing rewritten or set aside
+    assert messages == []  # a write in flight is not damage

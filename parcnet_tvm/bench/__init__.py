@@ -41,7 +41,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 
-from .. import board
+from .. import board, outputs
 from ..errors import ParcnetError
 from ..model import parse_input_size, variant_key
 from ..targets import get_target, local_cuda_arch
@@ -306,8 +306,7 @@ def run_bench(args: BenchRequest, log=print) -> list[dict]:
             header += f"; {args.rounds} alternating rounds, median of the round medians"
     log(format_table(rows, header))
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(json_rows(rows), out, indent=1)
+        outputs.write_text(args.json, json.dumps(json_rows(rows), indent=1))
         log(f"rows written to {args.json}")
     if args.plot:
         reason = plot(rows, header, args.plot)

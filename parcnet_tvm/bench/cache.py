@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import outputs
 from .backends import BenchCase
 
 BENCH_DIR = Path("build") / "bench"
@@ -55,7 +56,9 @@ def prepare_onnx(case: BenchCase) -> Path:
         import onnx
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(export_onnx(prepare_model(case.model, case.input_size), (case.batch, 3, height, width)), str(out))
+        exported = export_onnx(prepare_model(case.model, case.input_size), (case.batch, 3, height, width))
+        with outputs.replacing(out) as (part,):
+            onnx.save(exported, str(part))
     return out
 
 

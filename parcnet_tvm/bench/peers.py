@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from unittest import mock
 
+from .. import outputs
 from ..errors import ParcnetError
 from . import cache
 from .backends import BenchCase
@@ -51,7 +52,9 @@ def pytorch_reference(case: BenchCase) -> Path:
     out = _artifact(case, "pytorch").with_suffix(".output.npy")
     out.parent.mkdir(parents=True, exist_ok=True)
     x = reference_input((case.batch, 3, *case.input_size))
-    np.save(out, pytorch_output(prepare_model(case.model, case.input_size), x))
+    reference = pytorch_output(prepare_model(case.model, case.input_size), x)
+    with outputs.replacing(out) as (part,), open(part, "wb") as f:
+        np.save(f, reference)
     return out
 
 
@@ -62,14 +65,13 @@ def prepare_mnn(case: BenchCase, log) -> Path:
         return out
     onnx = prepare_onnx(case)
     log(f"[bench] converting {onnx.name} to {out.name} (MNN's converter)")
-    partial = out.with_name(out.name + ".partial")  # an interrupted conversion is never cached
-    done = subprocess.run([sys.executable, "-c", _MNN_CONVERT, "-f", "ONNX", "--modelFile", str(onnx),
-                           "--MNNModel", str(partial), "--bizCode", "parcnet-tvm"], capture_output=True, text=True,
-                          check=False)
-    if done.returncode != 0 or not partial.is_file():
-        tail = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        raise ParcnetError(f"MNN's converter failed on {onnx}: {tail} (is MNN installed? pip install -e '.[bench]')")
-    os.replace(partial, out)
+    with outputs.replacing(out) as (partial,):  # an interrupted conversion is never cached
+        done = subprocess.run([sys.executable, "-c", _MNN_CONVERT, "-f", "ONNX", "--modelFile", str(onnx),
+                               "--MNNModel", str(partial), "--bizCode", "parcnet-tvm"], capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0 or not partial.is_file():
+            tail = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+            raise ParcnetError(f"MNN's converter failed on {onnx}: {tail} (is MNN installed? pip install -e '.[bench]')")
     return out
 
 
@@ -87,8 +89,9 @@ def prepare_ncnn(case: BenchCase, log) -> tuple[Path, Path]:
         work = Path(work).resolve()  # pnnx runs in it: no path relative to ours
         _trace_for_pnnx(prepare_model(case.model, case.input_size), case, work / "model.pt")
         _run_pnnx(work / "model.pt", case, work / "model.ncnn")
-        os.replace(work / "model.ncnn.param", param)
-        os.replace(work / "model.ncnn.bin", weights)
+        with outputs.replacing(param, weights) as (param_part, weights_part):  # the two together
+            os.replace(work / "model.ncnn.param", param_part)
+            os.replace(work / "model.ncnn.bin", weights_part)
     return param, weights
 
 

@@ -7,6 +7,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from .. import outputs
 from ..tables import markdown_table
 from .backends import BACKENDS
 from .on_board import Board
@@ -156,7 +157,8 @@ def plot(rows: list[dict], header: str, path) -> str | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with outputs.replacing(path) as (part,):
+        fig.savefig(part, dpi=120)
     plt.close(fig)
     return None
 

@@ -16,7 +16,7 @@ from ..errors import ParcnetError
 from ..rewrite import PRIMFUNC_PREFIX
 from ..schedules import hand_rule_for, hand_rule_space, register_metaschedule_rules
 from ..targets import NamedTarget, host_cores
-from ..tuning_log import copy_records, open_database, record_counts
+from ..tuning_log import copy_records, open_database, record_counts, writing
 from .budget import TuneBudget, task_flops, task_trial_caps, write_budget_record
 from .device import claim_work_dir, other_device_problem
 from .measurement import Measurement, local_measurement, trials_by_board
@@ -86,18 +86,27 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
                       log=print, tasks=None, design_space: str = "ours") -> TuneSummary:
     """Tune the fused module's tasks (`tasks`, if the caller extracted them already) into the JSON
     database in `work_dir` (created or resumed), each within `design_space` (see task_contexts).
-    `work_dir` and the `warm_start` logs are used only if the measurement's device measured them."""
+    `work_dir` and the `warm_start` logs are used only if the measurement's device measured them.
+    The work dir is locked for the run (`tuning_log.writing`): one writer at a time."""
     work_dir = Path(work_dir)
     if measurement.device is None:
         raise ParcnetError(f"nothing here measures {named.name} trials: give a board (--rpc-tracker/--rpc/--emulate)")
-    claim_work_dir(work_dir, measurement.device)
-    database = open_database(work_dir, create=True, log=log)
-    tasks = extract_tasks(fused, named, only) if tasks is None else tasks
-    summary = TuneSummary(work_dir=str(work_dir), tasks=len(tasks))
+    with writing(work_dir):
+        claim_work_dir(work_dir, measurement.device)
+        database = open_database(work_dir, create=True, log=log)
+        tasks = extract_tasks(fused, named, only) if tasks is None else tasks
+        summary = TuneSummary(work_dir=str(work_dir), tasks=len(tasks))
+        warm = _warm_start(database, tasks, same_device_logs(warm_start, measurement.device, log), summary, log)
+        plan = _plan(database, tasks, warm, budget, work_dir, summary, log)
+        if plan is not None:
+            _search(database, tasks, plan, named, work_dir, budget, measurement, design_space, seed, summary, log)
+    return summary
 
+
+def _warm_start(database, tasks, sources, summary: TuneSummary, log) -> set:
+    """Copy the records of tasks another log (of this device) already tuned; returns their indices."""
     warm = set()
-    warm_start = same_device_logs(warm_start, measurement.device, log)
-    for source_dir in warm_start:
+    for source_dir in sources:
         source = open_database(source_dir, log=log)
         for i, task in enumerate(tasks):
             mod = task.dispatched[0]
@@ -112,9 +121,13 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
                 summary.records_copied += copied
     summary.from_warm_start = len(warm)
     if warm:
-        log(f"      warm start: {len(warm)} of {len(tasks)} tasks already tuned in {', '.join(map(str, warm_start))} "
+        log(f"      warm start: {len(warm)} of {len(tasks)} tasks already tuned in {', '.join(map(str, sources))} "
             f"({summary.records_copied} records copied)")
+    return warm
 
+
+def _plan(database, tasks, warm: set, budget: TuneBudget, work_dir: Path, summary: TuneSummary, log):
+    """(tasks to tune, trials left for each, trials left in all), or None when nothing is left."""
     flops = [task_flops(t) for t in tasks]
     caps = task_trial_caps(flops, budget)
     write_budget_record(work_dir, tasks, caps, flops, budget)
@@ -128,9 +141,14 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
         summary.stopped = "nothing to do"
         log("      nothing left to tune within the budget" + (
             " (raise --trials to tune further)" if todo else ""))
-        return summary
+        return None
+    return todo, [caps[i] - recorded[i] for i in todo], remaining
 
-    trials_left = [caps[i] - recorded[i] for i in todo]
+
+def _search(database, tasks, plan, named: NamedTarget, work_dir: Path, budget: TuneBudget,
+            measurement: Measurement, design_space: str, seed, summary: TuneSummary, log) -> None:
+    """MetaSchedule's search over the planned tasks, into `database`; fills in `summary`."""
+    todo, trials_left, remaining = plan
     selected = [tasks[i] for i in todo]
     contexts, weights = task_contexts(selected, named, work_dir, design_space, seed)
     by_board = (lambda: trials_by_board(measurement.ledger)) if measurement.ledger else None
@@ -163,7 +181,6 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
     summary.seconds = progress.elapsed()
     summary.best_ms = {selected[i].task_name: ms_ for i, ms_ in progress.best_ms.items()}
     summary.trials_by_board = by_board() if by_board else {}
-    return summary
 
 
 def same_device_logs(logs, device, log) -> list:
@@ -201,8 +218,9 @@ def tune_oversized_ops(mod: tvm.IRModule, named_target: NamedTarget, work_dir, t
         raise ParcnetError("the module has no oversized-op PrimFuncs: rewrite it first")
     register_metaschedule_rules(named_target.target)  # the op's blocks are annotated with its rule
     measurement = local_measurement(named_target)  # pooled builds, one measurement at a time
-    claim_work_dir(work_dir, measurement.device)  # creates it; refuses another device's
-    return ms.tune_tir(funcs, named_target.target, str(work_dir), max_trials_global=trials,
-                       num_trials_per_iter=trials_per_iter, builder=measurement.builder,
-                       runner=measurement.runner, cost_model="xgb", strategy="evolutionary",
-                       task_scheduler="gradient", database=open_database(work_dir, create=True))
+    with writing(work_dir):
+        claim_work_dir(work_dir, measurement.device)  # creates it; refuses another device's
+        return ms.tune_tir(funcs, named_target.target, str(work_dir), max_trials_global=trials,
+                           num_trials_per_iter=trials_per_iter, builder=measurement.builder,
+                           runner=measurement.runner, cost_model="xgb", strategy="evolutionary",
+                           task_scheduler="gradient", database=open_database(work_dir, create=True))

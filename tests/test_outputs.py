@@ -1,0 +1,132 @@
+"""outputs.py and cli.run_main: what a job writes appears whole or not at all; Ctrl-C, SIGTERM
+and a full disk stop a job with one line and leave the previous outputs byte for byte."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from support import ROOT, SMALL
+
+from parcnet_tvm import outputs
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_block_leaves_the_old_outputs_and_no_partial(tmp_path):
+    library, weights = tmp_path / "m.so", tmp_path / "m.params"
+    library.write_bytes(b"old code")
+    with pytest.raises(RuntimeError, match="check failed"):
+        with outputs.replacing(library, weights) as (lib_part, weights_part):
+            lib_part.write_bytes(b"new code")
+            weights_part.write_bytes(b"new weights")
+            raise RuntimeError("check failed")
+    assert _snapshot(tmp_path) == {"m.so": b"old code"}
+    with outputs.replacing(library, weights) as (lib_part, weights_part):
+        lib_part.write_bytes(b"new code")
+        weights_part.write_bytes(b"new weights")
+    assert _snapshot(tmp_path) == {"m.params": b"new weights", "m.so": b"new code"}
+    assert outputs.pending() == []
+
+
+def test_a_folder_is_replaced_whole(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "old.txt").write_text("old")
+    with outputs.replacing(bundle) as (part,):
+        part.mkdir()
+        (part / "new.txt").write_text("new")
+        assert _snapshot(bundle) == {"old.txt": b"old"}  # nothing changes until the block ends
+    assert _snapshot(bundle) == {"new.txt": b"new"} and [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def _previous_library(xt_small_x86, folder):
+    """A library, its weights and manifest at folder/xt.*, as an earlier build left them."""
+    library, _ = xt_small_x86
+    for suffix in (".so", ".params", ".json"):
+        shutil.copy2(library.with_suffix(suffix), folder / f"xt{suffix}")
+    return folder / "xt.so"
+
+
+def _build_until(output, marker, signum):
+    """scripts/build.py of XT at 64 into `output`, sent `signum` once `marker` shows in its output:
+    (exit status, seconds from the signal to the exit, stderr)."""
+    build = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "build.py"), "--model", "xt", "--input-size",
+                              str(SMALL), "-o", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in build.stdout:
+        if marker in line:
+            break
+    time.sleep(1)  # inside TVM's import / compiler or the verification, not at a line boundary
+    os.kill(build.pid, signum)
+    sent = time.monotonic()
+    status = build.wait(timeout=60)
+    return status, time.monotonic() - sent, build.stderr.read()
+
+
+def _no_process_writes_to(folder):
+    """No process left (the linker, a compile worker) with `folder` on its command line."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert str(folder).encode() not in f.read(), pid
+        except OSError:
+            continue
+
+
+@pytest.mark.parametrize("marker, signum, status", [
+    ("[2/4] imported", signal.SIGINT, 130),   # Ctrl-C inside TVM's compiler
+    ("[3/4] compiled", signal.SIGTERM, 143),  # SIGTERM while the new library verifies beside the old one
+])
+def test_a_signal_stops_a_build_at_once_and_keeps_the_previous_library(xt_small_x86, tmp_path, marker, signum,
+                                                                       status):
+    output = _previous_library(xt_small_x86, tmp_path)
+    before = _snapshot(tmp_path)
+    done, seconds, stderr = _build_until(output, marker, signum)
+    assert done == status and seconds < 5, stderr
+    assert stderr.strip().startswith("interrupted (") and len(stderr.strip().splitlines()) == 1, stderr
+    if signum == signal.SIGTERM:  # the new library was written beside it by then
+        assert f"{output} left as they were" in stderr or f"{output}, " in stderr, stderr
+    assert _snapshot(tmp_path) == before  # byte for byte, and no partial file beside it
+    _no_process_writes_to(tmp_path)
+
+
+def _can_mount_tmpfs():
+    return shutil.which("unshare") and subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True).returncode == 0
+
+
+FULL_DISK = """set -e
+mount -t tmpfs -o size={size} tmpfs {disk}
+cp -p {previous}/xt.so {previous}/xt.json {disk}/
+set +e
+"{python}" {root}/scripts/build.py --model xt --input-size {small} -o {disk}/xt.so
+echo "status $?"
+cd {disk} && for f in .* *; do [ -f "$f" ] && echo "file $f $(sha256sum < "$f" | cut -c1-16)"; done
+"""
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unshare -rm and tmpfs mounts (user namespaces)")
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written(xt_small_x86, tmp_path):
+    """A real full disk: a 1 MiB tmpfs holding an earlier library (0.7 MB), mounted in a
+    namespace of the test's own; TVM's linker runs out of space writing the new one."""
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    _previous_library(xt_small_x86, previous)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = FULL_DISK.format(size="1m", disk=disk, previous=previous, python=sys.executable, root=ROOT, small=SMALL)
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    lines = done.stdout.splitlines()
+    assert "status 2" in lines, done.stdout + done.stderr
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: no space left writing {disk}/xt."), done.stderr
+    digest = {name: subprocess.run(["sha256sum", str(previous / name)], capture_output=True, text=True).stdout[:16]
+              for name in ("xt.json", "xt.so")}
+    assert sorted(line for line in lines if line.startswith("file ")) == \
+        [f"file {name} {digest[name]}" for name in ("xt.json", "xt.so")]  # as before, and nothing else
