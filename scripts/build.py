@@ -21,7 +21,9 @@ def parse_args(argv=None):
     parser.add_argument("--target", default="x86", help=f"one of {', '.join(TARGET_NAMES)} (default x86)")
     parser.add_argument("--input-size", default="224", help="224, or HxW such as 200 or 240x320 (any size the official model runs)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--checkpoint", help="official/timm-style state dict (.pth); random weights if omitted")
+    parser.add_argument("--checkpoint", help="weights: a state dict or a training checkpoint (.pth, .pth.tar; "
+                        "its EMA weights when it holds both, as timm's --use-ema) or .safetensors; "
+                        "random weights if omitted")
     parser.add_argument("--resize-kernels", action="store_true",
                         help="resize the oversized kernels to 2H-1 for the input size (the paper, Sec. 3.1) "
                              "instead of the official model's fixed 111/55/27/13")

@@ -31,7 +31,9 @@ def parse_args(argv=None):
     parser.add_argument("--input-size", default="224",
                         help="224, or HxW such as 200 or 240x320 (any size the official model runs)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--checkpoint", help="official/timm-style state dict (.pth); random weights if omitted")
+    parser.add_argument("--checkpoint", help="weights: a state dict or a training checkpoint (.pth, .pth.tar; "
+                        "its EMA weights when it holds both, as timm's --use-ema) or .safetensors; "
+                        "random weights if omitted")
     parser.add_argument("--onnx", metavar="FILE.onnx",
                         help="tune and build your ONNX export of ParCNetV2 instead (its input size)")
     parser.add_argument("--resize-kernels", action="store_true",
