@@ -42,7 +42,7 @@ H_BLOCK, W_BLOCK = "oversized_h", "oversized_w"
 # its plain-index rows let the CPU schedule pad the columns to whole vectors (pad_einsum).
 # Its constants cost C * (H^2 + W^2) floats per op against C * (2H + 2W) for the kernels,
 # so above TOEPLITZ_MAX_BYTES per op (large inputs) the direct form is used instead.
-# On CUDA 'auto' is direct, whose register-tiled schedule (schedules/cuda.py) issues 0.27
+# On CUDA 'auto' is direct, whose register-tiled schedule (schedules/cuda_oversized.py) issues 0.27
 # shared-memory loads per multiply-add against the Toeplitz schedule's 2, the bound that
 # the Toeplitz schedule hit on an H200 (~6 TFLOP/s). Chosen by that count, not yet timed:
 # scripts/bench_op.py --target cuda shows both side by side on a GPU.

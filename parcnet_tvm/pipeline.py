@@ -14,14 +14,12 @@ untuned baseline.
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 
 import tvm
 from tvm import relax
 
-from .errors import ParcnetError
 from .fast_math import legalize_map
 from .layout import count_transposes, to_channels_last
 from .norm import fuse_layer_norms
@@ -54,31 +52,15 @@ def _reported(mod: tvm.IRModule, **entries) -> tvm.IRModule:
     return mod.with_attr(REPORT, json.dumps({**report(mod), **entries}))
 
 
-# A ParcnetError raised inside a pass reaches the caller as TVM's RuntimeError with only its
-# text (the FFI does not keep Python exception types): our passes note it here, and
-# `run_passes` raises it again as itself, so the CLI still prints one line and exits 2.
-_RAISED: list[ParcnetError] = []
-
-
-def _noting_errors(transform_module):
-    @functools.wraps(transform_module)
-    def wrapper(*args):
-        try:
-            return transform_module(*args)
-        except ParcnetError as error:
-            _RAISED.append(error)
-            raise
-    return wrapper
-
-
 def run_passes(passes: list, mod: tvm.IRModule) -> tvm.IRModule:
-    _RAISED.clear()
-    try:
-        return tvm.transform.Sequential(passes)(mod)
-    except RuntimeError:
-        if _RAISED:
-            raise _RAISED.pop() from None
-        raise
+    """The passes in order. Our class passes are called as Python, not through TVM's FFI: a
+    ParcnetError raised inside one reaches the caller as itself (the FFI would hand on only its
+    text in a RuntimeError), so the CLI still prints one line and exits 2."""
+    ctx = tvm.transform.PassContext.current()
+    for one in passes:
+        ours = getattr(one, "_inst", None)  # tvm.transform.module_pass keeps the class's instance here
+        mod = ours.transform_module(mod, ctx) if ours is not None else one(mod)
+    return mod
 
 
 # ---------------------------------------------------------------- our passes
@@ -90,7 +72,6 @@ class RewriteOversizedConvs:
     def __init__(self, algo: str, target_kind: str):
         self.algo, self.target_kind = algo, target_kind
 
-    @_noting_errors
     def transform_module(self, mod, _ctx):
         mod, replaced, algos = rewrite_oversized_convs(mod, self.algo, target_kind=self.target_kind,
                                                        passes_for=op_passes(self.target_kind))
@@ -119,7 +100,6 @@ class ApplyTuningLogs:
     def __init__(self, named: NamedTarget, logs, log=print):
         self.named, self.logs, self.log = named, list(logs), log
 
-    @_noting_errors
     def transform_module(self, mod, _ctx):
         return apply_database(mod, self.named, self.logs, log=self.log)
 
@@ -131,7 +111,6 @@ class ScheduleKernels:
     def __init__(self, target: tvm.target.Target):
         self.target = target
 
-    @_noting_errors
     def transform_module(self, mod, _ctx):
         mod, kernel_schedules = schedule_kernels(mod, self.target)
         return _reported(mod, kernel_schedules=kernel_schedules,

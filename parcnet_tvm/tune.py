@@ -36,6 +36,7 @@ from .bench.compare import compare_with_pytorch, format_latency_table
 from .build import BuildRequest, build_library, check_onnx_request
 from .errors import ParcnetError
 from .frontend import import_model, import_onnx_file
+from .log_lock import writing
 from .model import parse_input_size, variant_key
 from .onnx_file import load_onnx_file
 from .pipeline import PipelineOptions, fused_module
@@ -43,10 +44,10 @@ from .runtime import why_not_runnable
 from .targets import NamedTarget, get_target, local_cuda_arch
 from .tuning.budget import default_budget
 from .tuning.device import Device, check_tuning_into, device_for
-from .tuning.progress import boards_line
 from .tuning.measurement import local_measurement, rpc_measurement
+from .tuning.progress import boards_line
 from .tuning.tasks import extract_tasks, same_device_logs, tune_fused_module
-from .tuning_log import default_work_dir, has_log, is_shipped, shipped_log, writing
+from .tuning_log import default_work_dir, has_log, is_shipped, shipped_log
 from .weights import prepare_model
 
 

@@ -18,8 +18,6 @@ appended to or repaired in place. Each log folder names its device in `device.js
 from __future__ import annotations
 
 import atexit
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -30,12 +28,11 @@ from pathlib import Path
 from tvm.s_tir import meta_schedule as ms
 
 from .errors import ParcnetError
+from .log_lock import held_by_this_process, locked
 from .manifest import artifact_name
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
-LOCK_FILE = ".lock"  # flock'ed; says who holds it: "tune <pid> <time>" or "read <pid> <time>"
-READER_WAIT_SECONDS = 30  # a run waits this long for a reader's moment with the lock
 DEVICE_FILE = "device.json"  # {"device": "<id>", "description": ..., "created": ...}
 REPO_LOGS = Path(__file__).resolve().parents[1] / "tuning_logs"
 
@@ -183,11 +180,11 @@ def open_database(work_dir, create: bool = False, log=print) -> ms.database.JSON
             raise ParcnetError(f"no tuning log in {work_dir} (expected {WORKLOAD_FILE} and {RECORD_FILE}): "
                                "tune first (scripts/tune.py) or pass the folder tune.py wrote")
         work_dir.mkdir(parents=True, exist_ok=True)
-    if create or _key(work_dir) in _WRITING:
+    if create or held_by_this_process(work_dir):
         return _load(work_dir, create, log)
     if not _writable(work_dir) or is_shipped(work_dir):
         return _load(_scratch_copy(work_dir), False, log)  # a log we only read (or ship) is never repaired in place
-    with _locked(work_dir, "read", wait=0) as held:
+    with locked(work_dir, "read", wait=0) as held:
         if held:
             return _load(work_dir, False, log)
     return _load(_scratch_copy(work_dir), False, log)  # a run is writing it: a snapshot
@@ -204,64 +201,6 @@ def _load(work_dir: Path, create: bool, log) -> ms.database.JSONDatabase:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise ParcnetError(f"tuning log {work_dir} cannot be read by MetaSchedule ({first}); "
                                    f"move it away and tune again") from None
-
-
-# work dirs this process is writing now (their lock held by `writing`): read in place
-_WRITING: set[str] = set()
-
-
-def _key(work_dir) -> str:
-    return str(Path(work_dir).resolve())
-
-
-@contextlib.contextmanager
-def writing(work_dir):
-    """Hold the work dir's lock while a tuning run writes its log. Another run on it refuses at
-    once, naming the first; a reader's moment with the lock is waited for."""
-    work_dir = Path(work_dir)
-    if _key(work_dir) in _WRITING:  # this process holds it already (the tune job around its tuning)
-        yield work_dir
-        return
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(work_dir, "tune", wait=READER_WAIT_SECONDS) as held:
-        if not held:
-            raise ParcnetError(f"tuning log {work_dir} is being written by another run ({_holder(work_dir)}): "
-                               "wait for it to finish (it resumes from the same log), or give another --work-dir")
-        _WRITING.add(_key(work_dir))
-        try:
-            yield work_dir
-        finally:
-            _WRITING.discard(_key(work_dir))
-
-
-@contextlib.contextmanager
-def _locked(work_dir: Path, role: str, wait: float):
-    """Try the exclusive lock (retrying up to `wait` seconds while a reader holds it); yields
-    whether it is held. The lock file says who holds it, for the refusal's message."""
-    fd = os.open(work_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline or _holder(work_dir).startswith("tune"):
-                    yield False
-                    return
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{role} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
-        yield True
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _holder(work_dir: Path) -> str:
-    try:
-        return (work_dir / LOCK_FILE).read_text().strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def _writable(work_dir: Path) -> bool:

@@ -17,19 +17,18 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 
-from .arm import OversizedConvArm
 from .cpu_conv import ConvNhwcCpu
 from .cpu_depthwise import DepthwiseConvCpu
 from .cpu_elementwise import ElementwiseCpu
 from .cpu_fallback import ParallelVectorizeFallback
 from .cpu_gemm import GemmCpu
 from .cpu_norm import LayerNormGeneralCpu, ReductionCpu
-from .cuda import OversizedConvCuda, cuda_passes
+from .cpu_oversized import OversizedConvArm, OversizedConvX86
 from .cuda_depthwise import DepthwiseConvCuda
 from .cuda_elementwise import ElementwiseCuda
 from .cuda_gemm import GemmCuda
 from .cuda_norm import LayerNormGeneralCuda, ReductionCuda
-from .x86 import OversizedConvX86
+from .cuda_oversized import OversizedConvCuda, cuda_passes
 
 OVERSIZED_ARM, OVERSIZED_X86, OVERSIZED_CUDA = OversizedConvArm(), OversizedConvX86(), OversizedConvCuda()
 # Tried in this order on every kernel not scheduled yet: our op, then one rule per op family,

@@ -54,3 +54,30 @@ def test_passes_report_what_they_did(imported_xt):
 def test_tvm_default_runs_none_of_our_passes(imported_xt):
     untouched = prepare(imported_xt, get_target("x86"), PipelineOptions(tvm_default=True))
     assert untouched.same_as(imported_xt) and report(untouched) == {}
+
+
+def test_a_parcnet_error_raised_inside_a_pass_reaches_the_caller_as_itself(imported_xt):
+    """No module-global list carries it past TVM's FFI: the error object itself, once."""
+    import tvm
+
+    from parcnet_tvm import ParcnetError
+    from parcnet_tvm.pipeline import run_passes
+
+    refusal = ParcnetError("this pass refuses the module: a fix")
+
+    @tvm.transform.module_pass(opt_level=0, name="Refuses")
+    class Refuses:
+        def transform_module(self, mod, _ctx):
+            raise refusal
+
+    seen = []
+
+    @tvm.transform.module_pass(opt_level=0, name="Sees")
+    def sees(mod, _ctx):
+        seen.append(mod)
+        return mod
+
+    with pytest.raises(ParcnetError) as caught:
+        run_passes([sees, Refuses(), sees], imported_xt)
+    assert caught.value is refusal and len(seen) == 1  # TVM's own passes still run through the FFI
+    assert run_passes([sees], imported_xt) is not None and len(seen) == 2

@@ -208,7 +208,7 @@ def _op_with_knob(algo, passes, value, monkeypatch):
     block; direct: channels per block) forced to `value`; with its inputs and expected output."""
     from test_oversized import _te_func
 
-    import parcnet_tvm.schedules.cuda as cuda_schedules
+    import parcnet_tvm.schedules.cuda_oversized as cuda_schedules
 
     func, x, constants, expected = _te_func(24, 8, 12, algo, passes)
     monkeypatch.setattr(cuda_schedules, "knob", lambda sch, candidates, default, tunable: value)

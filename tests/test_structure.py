@@ -20,7 +20,7 @@ LAYERS = [
     ("schedules", {"schedules"}),
     ("where a library runs", {"params", "runtime", "board", "counting"}),
     ("verification, timing and the board estimate", {"verify", "timing", "estimate"}),
-    ("tuning", {"tuning", "tuning_log"}),
+    ("tuning", {"tuning", "tuning_log", "log_lock"}),
     ("build", {"pipeline", "build"}),
     ("jobs: bench, deploy, tune, and the Python API over them", {"bench", "bench_op", "breakdown", "arm_bundle", "tune", "api"}),
     ("command line", {"cli"}),
@@ -158,6 +158,7 @@ TESTED_THROUGH_USERS = {
     "weights": "build, verify",
     "tuning": "tune (budget, measurement, scheduler, tasks)",
     "cli": "every script test",
+    "log_lock": "tuning_log (two runs on one log, a reader beside a run)",
 }
 
 

@@ -172,7 +172,7 @@ def test_bench_tvm_tuned_never_uses_a_log_of_another_device(tiny_run, tmp_path, 
 
 HOLD_LOG = """
 import sys, time
-from parcnet_tvm.tuning_log import writing
+from parcnet_tvm.log_lock import writing
 with writing(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -200,7 +200,7 @@ def log_being_written(tiny_run, tmp_path):
 def test_a_second_run_on_a_work_dir_refuses_at_once_naming_the_first(log_being_written):
     import time
 
-    from parcnet_tvm.tuning_log import writing
+    from parcnet_tvm.log_lock import writing
 
     work, holder = log_being_written
     started = time.monotonic()

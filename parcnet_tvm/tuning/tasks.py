@@ -13,10 +13,11 @@ from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
 from tvm.s_tir.meta_schedule.utils import fork_seed
 
 from ..errors import ParcnetError
+from ..log_lock import writing
 from ..rewrite import PRIMFUNC_PREFIX
 from ..schedules import hand_rule_for, hand_rule_space, register_metaschedule_rules
 from ..targets import NamedTarget, host_cores
-from ..tuning_log import copy_records, open_database, record_counts, writing
+from ..tuning_log import copy_records, open_database, record_counts
 from .budget import TuneBudget, task_flops, task_trial_caps, write_budget_record
 from .device import claim_work_dir, other_device_problem
 from .measurement import Measurement, local_measurement, trials_by_board
