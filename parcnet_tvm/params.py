@@ -93,6 +93,29 @@ def load(library, device=None) -> list:
     return tensors
 
 
+def check_files(library) -> None:
+    """The library and its weights file are the ones its manifest describes (sha256, bytes): a
+    cut, changed or swapped file is one line here rather than a crash in TVM's loader (a cut
+    .so can end the process with SIGBUS). Nothing to check without a manifest (a library being
+    verified before its manifest is written)."""
+    from .manifest import path_for as manifest_path
+    from .manifest import sha256
+
+    manifest, library = _manifest_beside(library), Path(library)
+    fix = "copy the library, its weights and its manifest together, or rebuild it"
+    if manifest.get("sha256") and sha256(library) != manifest["sha256"]:
+        raise ParcnetError(f"{library} changed since it was built (its sha256 differs from its manifest "
+                           f"{manifest_path(library).name}: a cut or changed copy, or another library's manifest): {fix}")
+    expected, weights = manifest.get("params"), path_for(library)
+    if not isinstance(expected, dict) or not weights.is_file():
+        return  # a missing weights file is load()'s one line
+    size = weights.stat().st_size
+    if size != expected.get("bytes") or sha256(weights) != expected.get("sha256"):
+        raise ParcnetError(f"weights file {weights} is not the one built with {library.name} ({size} bytes, "
+                           f"its manifest says {expected.get('bytes')}; sha256 differs: a cut copy or another "
+                           f"library's weights): {fix}")
+
+
 def _manifest_beside(library) -> dict:
     """The manifest beside `library`, or {} (a library being verified has none yet)."""
     import json

@@ -14,7 +14,7 @@ from tvm import relax
 
 from . import manifest as manifest_io
 from .errors import ParcnetError
-from .params import LibraryVM
+from .params import LibraryVM, check_files
 from .params import load as load_weights
 from .runtime import LIBRARIES, QEMU_CPU, run_emulated, run_runner, why_not_runnable
 from .targets import get_target, use_threads
@@ -52,6 +52,7 @@ def load_vm(library, device, threads: int | None = None, weights=()) -> relax.Vi
     `threads` threads when called from this thread (default: every core)."""
     use_threads(threads)
     if isinstance(library, (str, Path)):
+        check_files(library)  # a cut or swapped file: one line, not a crash in TVM's loader
         library, weights = tvm.runtime.load_module(str(library)), load_weights(library, device)
     return LibraryVM(library, device, weights)
 
@@ -143,8 +144,7 @@ def verify_library(library) -> dict:
     reason = why_not_runnable(named_target)
     if reason:
         raise ParcnetError(f"cannot verify {library} here: {reason}")
-    if manifest_io.sha256(library) != manifest["sha256"]:
-        raise ParcnetError(f"{library} changed since it was built (sha256 differs from its manifest); rebuild it")
+    check_files(library)
     model = model_from_manifest(manifest)
     result = verify_against(model, library, named_target, manifest["input_shape"])
     manifest["verification"] = result
