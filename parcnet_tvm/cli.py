@@ -93,9 +93,11 @@ def _stop(signum: int) -> None:
 
 
 def describe(exc: Exception) -> str:
-    if outputs.is_disk_full(exc) and getattr(exc, "filename", None):
-        return (f"no space left writing {exc.filename} ({exc.strerror}): free space on that disk or "
-                "write elsewhere (-o); nothing half-written was left")
+    # a copy names its source in `filename` and what it was writing in `filename2`
+    written = getattr(exc, "filename2", None) or getattr(exc, "filename", None)
+    if outputs.is_disk_full(exc) and written:
+        return (f"no space left writing {outputs.final(written)} ({exc.strerror}): free space on that disk "
+                "or write elsewhere (-o); nothing half-written was left")
     if isinstance(exc, OSError) and exc.filename:
         return f"cannot use {exc.filename}: {exc.strerror}: check the path and its permissions"
     return str(exc)

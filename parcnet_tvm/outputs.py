@@ -24,6 +24,9 @@ from pathlib import Path
 _COMMIT = threading.Lock()
 # partial path -> final path, of this process's jobs, not yet renamed into place
 _PENDING: dict[Path, Path] = {}
+# every partial this process named, kept after it is gone: an error met while writing one is
+# reported under the name the user gave
+_NAMED: dict[Path, Path] = {}
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # TVM's linker step reports a full disk as text inside a RuntimeError
@@ -38,7 +41,7 @@ def partial(path) -> Path:
     name = f".{path.name.removesuffix(suffix)}.partial-{os.getpid()}{suffix}"
     part = path.with_name(name)
     with _COMMIT:
-        _PENDING[part] = path
+        _PENDING[part] = _NAMED[part] = path
     return part
 
 
@@ -113,10 +116,15 @@ def disk_full_error(exc: BaseException, path) -> OSError:
     return OSError(code, os.strerror(code), str(path))
 
 
-def final(part) -> Path:
-    """The final path of a partial (itself if it is none): what a message should name."""
+def final(path) -> Path:
+    """What a message should name for `path`: the final path of a partial, or of a file inside
+    a partial folder (a bundle); `path` itself otherwise."""
+    path = Path(path)
     with _COMMIT:
-        return _PENDING.get(Path(part), Path(part))
+        for part, final_path in _NAMED.items():
+            if path == part or path.is_relative_to(part):
+                return final_path / path.relative_to(part)
+    return path
 
 
 def pending() -> list[Path]:
