@@ -70,7 +70,7 @@ def tune(model="xt", *, target: str = "x86", input_size=224, batch: int = 1, tim
     tuning log (default: a folder per model and device in the cache, outside the checkout),
     then build and verify the tuned library. `time_budget` in minutes; `options`: any other
     field of tune.TuneRequest (only=, warm_start=, compare=, seed=, ...)."""
-    from .tune import TuneRequest, tune_model
+    from .tune_job import TuneRequest, tune_model
 
     onnx = options.pop("onnx", None) or _onnx_file(model)
     request = TuneRequest(model="xt" if onnx else str(model), target=target, input_size=input_size, batch=batch,

@@ -10,6 +10,7 @@ under qemu on a fixed input and its top-5 compared with PyTorch's.
 
 import argparse
 
+from parcnet_tvm import manifest as manifest_io
 from parcnet_tvm.arm_bundle import package
 from parcnet_tvm.cli import run_main
 from parcnet_tvm.runtime import build_runtime
@@ -21,6 +22,7 @@ def main(argv=None):
     parser.add_argument("-o", "--output", required=True, help="bundle directory, e.g. dist/parcnetv2_t-arm/")
     parser.add_argument("--check", action="store_true", help="run the bundle's runner under qemu and compare top-5")
     args = parser.parse_args(argv)
+    manifest_io.read(args.library)  # a wrong path is one line before minutes of runtime build
     build_runtime(log=lambda *_: None)
     out, report = package(args.library, args.output, check=args.check)
     if report:

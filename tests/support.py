@@ -1,5 +1,6 @@
 """What the tests share: sizes, markers and helpers (imported as `from support import ...`)."""
 
+import importlib.util
 import os
 import re
 import shutil
@@ -34,6 +35,46 @@ def run_script(name, *args, cwd=None, env=None):
         capture_output=True, text=True, cwd=cwd or ROOT, timeout=900,
         env={**os.environ, **(env or {})},
     )
+
+
+def start_script(name, *args, env=None):
+    """scripts/<name> started as a user would, not waited for (see `finish`)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
+
+
+def finish(process, timeout=900):
+    """A started script's CompletedProcess, once it ends."""
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+_SCRIPTS = {}
+
+
+def script_main(name):
+    """scripts/<name>'s main, called in this process as `main(*args)` (each argument str()-ed, as
+    on a command line): what the script raises (ParcnetError, OSError) reaches the caller instead
+    of run_main's one `error:` line and exit 2. For argument and bad-input errors: a subprocess
+    imports torch and TVM again (4 s on an idle machine, more under load); run_script stays for
+    whole runs and for the few tests of the command line's own error format."""
+    if name not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"script_{Path(name).stem}", ROOT / "scripts" / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[name] = module.main
+    main = _SCRIPTS[name]
+    return lambda *args: main([str(a) for a in args])
+
+
+def one_line(error):
+    """The line run_main prints for `error` (without `error: `), checked to be one line."""
+    from parcnet_tvm.cli import describe
+
+    text = describe(error)
+    assert text and "\n" not in text, text
+    return text
 
 
 def cuda_kernel_limits(source: str) -> list[tuple[int, int]]:

@@ -8,13 +8,11 @@ from support import SMALL, needs_arm_toolchain, pil_eval_preprocess, write_test_
 import parcnet_tvm as pt
 
 
-def test_compile_load_and_call_gives_pytorchs_logits(tmp_path):
-    """Only the documented API: a PyTorch model's weights, compiled for x86 at 64, loaded and
-    called on an array and on an image (preprocessed by the manifest's contract)."""
-    model = pt.create_model("xt", input_size=SMALL).eval()
-    torch.save(model.state_dict(), tmp_path / "xt.pth")
-    built = pt.compile("xt", target="x86", input_size=SMALL, checkpoint=tmp_path / "xt.pth",
-                       output=tmp_path / "xt.so")
+def test_compile_load_and_call_gives_pytorchs_logits(xt_checkpoint_x86, tmp_path):
+    """Only the documented API: a PyTorch model's weights, compiled for x86 at 64 (pt.compile,
+    in the session's fixture), loaded and called on an array and on an image (preprocessed by
+    the manifest's contract)."""
+    model, _, built = xt_checkpoint_x86
     assert built.library.is_file() and built.manifest_path.is_file()
     assert built.manifest["verification"]["status"] == "passed"
 
@@ -46,3 +44,16 @@ def test_an_arm_library_runs_on_the_emulated_board(xt_arm):
     x = np.random.default_rng(4).standard_normal(manifest["input_shape"]).astype(np.float32)
     logits = pt.load(library)(x)
     assert np.abs(logits - reference_output(model_from_manifest(manifest), x)).max() <= 1e-4
+
+
+def test_the_api_names_stay_the_functions_after_the_jobs_are_imported():
+    """No submodule shares a name of the API: importing the tune job (as pt.tune does) leaves
+    pt.tune the function, so a second call still works."""
+    import importlib
+
+    import parcnet_tvm as pt
+    from parcnet_tvm import api
+
+    importlib.import_module("parcnet_tvm.tune_job")
+    for name in ("compile", "load", "tune"):
+        assert getattr(pt, name) is getattr(api, name) and callable(getattr(pt, name))

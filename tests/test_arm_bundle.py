@@ -7,8 +7,17 @@ import shutil
 import subprocess
 import sys
 
-from support import needs_arm_toolchain, pil_eval_preprocess, run_script, write_test_image
+import pytest
+from support import (
+    needs_arm_toolchain,
+    one_line,
+    pil_eval_preprocess,
+    run_script,
+    script_main,
+    write_test_image,
+)
 
+from parcnet_tvm import ParcnetError
 from parcnet_tvm import runtime as arm_runtime
 
 pytestmark = needs_arm_toolchain
@@ -146,6 +155,7 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_loop_never_spills(xt_arm):
 
 
 def test_packaging_a_missing_library_says_so(tmp_path):
-    done = run_script("package_arm.py", tmp_path / "nope.so", "-o", tmp_path / "bundle")
-    assert done.returncode == 2 and f"library {tmp_path / 'nope.so'} does not exist" in done.stderr
+    with pytest.raises(ParcnetError, match=re.escape(f"library {tmp_path / 'nope.so'} does not exist")) as caught:
+        script_main("package_arm.py")(tmp_path / "nope.so", "-o", tmp_path / "bundle")
+    one_line(caught.value)
     assert not (tmp_path / "bundle").exists()

@@ -11,8 +11,9 @@ import sys
 
 import numpy as np
 import pytest
-from support import SMALL, needs_arm_toolchain, run_script
+from support import SMALL, needs_arm_toolchain, one_line, run_script, script_main
 
+from parcnet_tvm import ParcnetError
 from parcnet_tvm.targets import local_cuda_arch
 
 KEYS = {"model", "target", "batch", "input_size", "backend", "median_ms", "p90_ms", "peak_mem_mb",
@@ -63,9 +64,10 @@ def guarded_env(tmp_path) -> tuple[dict, object]:
 
 def test_bench_runs_every_backend_and_writes_json_and_png(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    done = run_script("bench.py", "--model", "xt", "--input-size", SMALL, "--repeat", 2, "--max-seconds", 5,
-                      "--json", out, "--plot", png, "--tuning-log", tmp_path / "no-such-log")
-    assert done.returncode == 2 and "no tuning log" in done.stderr  # a log that is not there: one error
+    with pytest.raises(ParcnetError, match="no tuning log") as caught:  # a log that is not there: one error
+        script_main("bench.py")("--model", "xt", "--input-size", SMALL, "--repeat", 2, "--max-seconds", 5,
+                                "--json", out, "--plot", png, "--tuning-log", tmp_path / "no-such-log")
+    one_line(caught.value)
     done = run_script("bench.py", "--model", "xt", "--input-size", SMALL, "--repeat", 5, "--max-seconds", 5,
                       "--threads", 1, "--rounds", 1, "--json", out, "--plot", png, "--backends", *ORIGINAL)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -117,9 +119,9 @@ def test_bench_arguments_are_checked_with_one_clear_error():
     if local_cuda_arch() is None:
         cases.append((("--target", "cuda"), "needs an NVIDIA GPU, and none is visible"))
     for args, message in cases:
-        done = run_script("bench.py", *args)
-        assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
-        assert done.stderr.count("\n") == 1  # one line, no traceback
+        with pytest.raises(ParcnetError) as caught:
+            script_main("bench.py")(*args)
+        assert message in one_line(caught.value), (args, caught.value)  # one line, no traceback
 
 
 @needs_arm_toolchain
@@ -162,22 +164,31 @@ def test_arm_bench_times_through_an_rpc_tracker_next_to_the_given_pytorch_time(t
     assert "board reached through RPC" in done.stdout and "500.00 (given with --pytorch-ms)" in done.stdout
 
 
-def test_cached_library_is_reused_only_when_built_by_this_pipeline(tmp_path, monkeypatch):
+def test_cached_library_is_reused_only_when_built_by_this_pipeline(xt_small_x86, tmp_path, monkeypatch):
+    """The cache starts with the session's XT at 64 for x86 (what tvm-ours builds for the case,
+    copied where bench keeps it): reused while current, rebuilt once stale, then reused."""
     from parcnet_tvm import manifest as manifest_io
     from parcnet_tvm.bench import cache
     from parcnet_tvm.bench.backends import BenchCase
+    from parcnet_tvm.params import path_for as weights_path
 
     monkeypatch.setattr(cache, "BENCH_DIR", tmp_path)
     case = BenchCase(model="xt", batch=1, input_size=(SMALL, SMALL))
+    built, built_manifest = xt_small_x86
+    assert built_manifest["pipeline"] == manifest_io.pipeline_fingerprint()  # a build records its pipeline
+    library = tmp_path / f"{manifest_io.artifact_name('xt', case.target, case.input_size, 1)}-ours.so"
+    for source, copy in ((built, library), (built.with_suffix(".json"), library.with_suffix(".json")),
+                         (weights_path(built), weights_path(library))):
+        copy.write_bytes(source.read_bytes())
     builds = []
-    library = cache.prepare_library(case, "tvm-untuned", [], builds.append)
-    assert len(builds) == 1 and manifest_io.read(library)["pipeline"] == manifest_io.pipeline_fingerprint()
-    assert cache.prepare_library(case, "tvm-untuned", [], builds.append) == library and len(builds) == 1
+    assert cache.prepare_library(case, "tvm-ours", [], builds.append) == library and builds == []
     manifest = manifest_io.read(library)
     manifest["pipeline"] = "an older pipeline"
     manifest_io.write(library, manifest)
-    cache.prepare_library(case, "tvm-untuned", [], builds.append)
-    assert len(builds) == 2  # rebuilt, not measured as if it were current
+    assert cache.prepare_library(case, "tvm-ours", [], builds.append) == library
+    assert len(builds) == 1  # rebuilt, not measured as if it were current
+    assert manifest_io.read(library)["pipeline"] == manifest_io.pipeline_fingerprint()
+    assert cache.prepare_library(case, "tvm-ours", [], builds.append) == library and len(builds) == 1
 
 
 def test_gpu_precision_note_follows_pytorch_flags(monkeypatch):

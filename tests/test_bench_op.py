@@ -3,9 +3,11 @@
 import json
 
 import numpy as np
+import pytest
 import tvm
-from support import run_script
+from support import one_line, run_script, script_main
 
+from parcnet_tvm import ParcnetError
 from parcnet_tvm.bench_op import conv_pair_module
 from parcnet_tvm.pipeline import PipelineOptions, compile_relax
 from parcnet_tvm.rewrite import rewrite_oversized_convs
@@ -71,6 +73,6 @@ def test_gpu_timing_path_reads_the_vm_timer_in_ms():
 
 
 def test_bench_op_counts_must_be_positive():
-    done = run_script("bench_op.py", "--model", "xt", "--input-size", "64", "--repeat", "0")
-    assert done.returncode == 2 and "--repeat must be >= 1 (got 0)" in done.stderr
-    assert "Traceback" not in done.stderr
+    with pytest.raises(ParcnetError, match=r"--repeat must be >= 1 \(got 0\)") as caught:
+        script_main("bench_op.py")("--model", "xt", "--input-size", "64", "--repeat", "0")
+    one_line(caught.value)

@@ -7,14 +7,22 @@ import subprocess
 
 import pytest
 import torch
-from support import SMALL, cuda_kernel_limits, needs_arm_toolchain, run_script, slow
+from parcnet_tvm.schedules.cuda_oversized import SHARED_BYTES
+from support import (
+    SMALL,
+    cuda_kernel_limits,
+    needs_arm_toolchain,
+    one_line,
+    run_script,
+    script_main,
+    slow,
+)
 
-from parcnet_tvm import ParcnetError, create_model
+from parcnet_tvm import ParcnetError
 from parcnet_tvm.build import BuildRequest, build_library
 from parcnet_tvm.frontend import import_model
 from parcnet_tvm.manifest import sha256
 from parcnet_tvm.pipeline import compile_prepared, prepare
-from parcnet_tvm.schedules.cuda import SHARED_BYTES
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import verify_library
 from parcnet_tvm.weights import prepare_model
@@ -50,7 +58,7 @@ def test_manifest_names_the_rule_that_scheduled_each_kernel(xt_small_x86):
 
 
 @needs_arm_toolchain
-def test_arm_build_is_armv7_hard_float_shared_object(tmp_path):
+def test_arm_build_is_armv7_hard_float_shared_object(tmp_path, monkeypatch):
     """Without the emulated board (no ARM runtime built) the build skips verification and
     verify.py refuses the library, saying why."""
     out = tmp_path / "xt_arm.so"
@@ -66,8 +74,10 @@ def test_arm_build_is_armv7_hard_float_shared_object(tmp_path):
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["verification"]["status"] == "skipped"
     assert "ARM runtime is not built" in manifest["verification"]["reason"]
-    refused = run_script("verify.py", out, env=no_runtime)
-    assert refused.returncode == 2 and "cannot verify" in refused.stderr
+    monkeypatch.setenv("PARCNET_ARM_RUNTIME_CACHE", no_runtime["PARCNET_ARM_RUNTIME_CACHE"])
+    with pytest.raises(ParcnetError, match="cannot verify") as refused:
+        script_main("verify.py")(out)
+    one_line(refused.value)
 
 
 def _module_kinds(module):
@@ -124,11 +134,21 @@ def test_cuda_build_without_gpu_has_a_threaded_kernel_per_op(tmp_path, arch, siz
     (["--checkpoint", "missing.pth"], "does not exist"),
 ])
 def test_build_script_bad_input_gives_one_clear_error(args, message, tmp_path):
-    done = run_script("build.py", *args, "-o", tmp_path / "x.so")
-    assert done.returncode == 2
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr
+    with pytest.raises(ParcnetError, match=re.escape(message)) as caught:
+        script_main("build.py")(*args, "-o", tmp_path / "x.so")
+    one_line(caught.value)
     assert not (tmp_path / "x.so").exists()
+
+
+def test_build_script_error_is_one_line_and_exit_2_on_the_command_line(tmp_path):
+    """The one end-to-end run of an error (the other cases call main in-process): run_main
+    prints `error: ...` alone on stderr, exits 2, writes nothing."""
+    (tmp_path / "x.json").write_text('{"mine": true}\n')
+    done = run_script("build.py", "--input-size", SMALL, "-o", tmp_path / "x.so")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "is not a manifest of ours: refusing to overwrite it" in done.stderr and "[1/4]" not in done.stdout
+    assert (tmp_path / "x.json").read_text() == '{"mine": true}\n' and not (tmp_path / "x.so").exists()
 
 
 @pytest.mark.parametrize("case, message", [
@@ -139,7 +159,7 @@ def test_build_script_bad_input_gives_one_clear_error(args, message, tmp_path):
     ("time on arm", "emulated time is not latency"),
     ("missing baseline", "does not exist"),
 ])
-def test_paths_and_options_are_checked_before_any_work(case, message, tmp_path):
+def test_paths_and_options_are_checked_before_any_work(case, message, tmp_path, capsys):
     """Each refused in one line, before the model is even imported ([1/4] never printed), and
     nothing written: a foreign file where the manifest would go stays as it was."""
     output = tmp_path / "x.so"
@@ -157,10 +177,10 @@ def test_paths_and_options_are_checked_before_any_work(case, message, tmp_path):
         extra = ["--target", "arm", "--time", 3]
     elif case == "missing baseline":
         extra = ["--time", 3, "--baseline", tmp_path / "old.so"]
-    done = run_script("build.py", "--input-size", SMALL, *extra, "-o", output)
-    assert done.returncode == 2, done.stderr
-    assert message in done.stderr and done.stderr.startswith("error: ")
-    assert "Traceback" not in done.stderr and "[1/4]" not in done.stdout
+    with pytest.raises(ParcnetError, match=re.escape(message)) as caught:
+        script_main("build.py")("--input-size", SMALL, *extra, "-o", output)
+    one_line(caught.value)
+    assert "[1/4]" not in capsys.readouterr().out
     if case == "foreign json":
         assert (tmp_path / "x.json").read_text() == '{"mine": true}\n' and not output.exists()
 
@@ -183,9 +203,10 @@ def test_a_failed_build_leaves_the_library_that_was_there(xt_small_x86, tmp_path
 
 def test_a_log_of_another_model_is_an_error_naming_it(tiny_run, tmp_path):
     log_dir = tiny_run[0] / "log"  # XT at 64: none of its tasks is XT's at 96
-    done = run_script("build.py", "--input-size", 96, "--tuning-log", log_dir, "-o", tmp_path / "x.so")
-    assert done.returncode == 2
-    assert f"tuning log {log_dir} has no record for any kernel of this build" in done.stderr
+    with pytest.raises(ParcnetError, match=re.escape(f"tuning log {log_dir} has no record for any kernel "
+                                                     "of this build")) as caught:
+        script_main("build.py")("--input-size", 96, "--tuning-log", log_dir, "-o", tmp_path / "x.so")
+    one_line(caught.value)
     assert not (tmp_path / "x.so").exists()
 
 
@@ -206,18 +227,17 @@ def test_any_size_the_official_model_runs_builds_and_verifies(size, resize, tmp_
 def test_build_script_rejects_checkpoint_with_wrong_keys(tmp_path):
     checkpoint = tmp_path / "wrong.pth"
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, checkpoint)
-    done = run_script("build.py", "--model", "xt", "--input-size", SMALL, "--checkpoint", checkpoint,
-                      "-o", tmp_path / "x.so")
-    assert done.returncode == 2
-    assert "missing keys (225)" in done.stderr and "unexpected keys (1): fc.weight" in done.stderr
+    with pytest.raises(ParcnetError) as caught:
+        script_main("build.py")("--model", "xt", "--input-size", SMALL, "--checkpoint", checkpoint,
+                                "-o", tmp_path / "x.so")
+    line = one_line(caught.value)
+    assert "missing keys (225)" in line and "unexpected keys (1): fc.weight" in line
+    assert not (tmp_path / "x.so").exists()
 
 
-def test_build_with_checkpoint_verifies_and_records_it(tmp_path):
-    checkpoint = tmp_path / "ckpt.pth"
-    torch.manual_seed(11)  # weights unlike the default seed's
-    torch.save({"model": create_model("xt", SMALL).state_dict()}, checkpoint)
-    manifest = build_library(BuildRequest(model="xt", input_size=SMALL, checkpoint=str(checkpoint),
-                                          frontend="onnx", output=str(tmp_path / "ck.so")), log=lambda *_: None)
+def test_build_with_checkpoint_verifies_and_records_it(xt_checkpoint_x86):
+    _, checkpoint, built = xt_checkpoint_x86  # a training checkpoint, the ONNX frontend
+    manifest = built.manifest
     assert manifest["weights"]["sha256"] == sha256(checkpoint)
     assert manifest["frontend"] == "onnx"
     assert manifest["verification"]["status"] == "passed"

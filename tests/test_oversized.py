@@ -22,9 +22,8 @@ from parcnet_tvm.oversized import (
 )
 from parcnet_tvm.pipeline import PipelineOptions, compile_relax
 from parcnet_tvm.rewrite import count_oversized_convs, rewrite_oversized_convs
-from parcnet_tvm.schedules.cpu_oversized import OversizedConvArm
+from parcnet_tvm.schedules.cpu_oversized import OversizedConvArm, OversizedConvX86
 from parcnet_tvm.schedules.cuda_oversized import SHARED_BYTES, OversizedConvCuda, cuda_passes
-from parcnet_tvm.schedules.cpu_oversized import OversizedConvX86
 from parcnet_tvm.targets import get_target
 from parcnet_tvm.verify import load_vm
 

@@ -1,5 +1,6 @@
 """params.py: a library's weights in their own file, held once in memory."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,25 @@ def test_a_missing_or_damaged_weights_file_is_one_line(xt_small_x86, tmp_path):
     with pytest.raises(ParcnetError, match=r"no weights file .*xt64.params: keep the .params written beside"):
         load(copy)
     path_for(copy).write_bytes(path_for(library).read_bytes()[:1000])  # cut short
-    with pytest.raises(ParcnetError, match=r"weights file .*xt64.params is damaged .*rebuild the library") as err:
+    with pytest.raises(ParcnetError, match=r"weights file .*xt64.params is not the one built with xt64.so "
+                                           r"\(1000 bytes, its manifest says \d+; .*copy the library, its weights") as err:
         load(copy)
     assert "\n" not in str(err.value)
+    manifest = json.loads(copy.with_suffix(".json").read_text())
+    manifest["params"].pop("sha256")
+    manifest["params"].pop("bytes")  # a manifest that cannot tell: TVM's reader finds the damage
+    copy.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(ParcnetError, match=r"weights file .*xt64.params is damaged .*rebuild the library"):
+        load(copy)
+
+
+def test_a_cut_library_is_one_line_not_a_crash_in_tvms_loader(xt_small_x86, tmp_path):
+    """A .so cut short mapped by TVM's loader ended the process with SIGBUS: the manifest's
+    sha256 refuses it first (Python API, verify, bench, breakdown: every loader)."""
+    library, _ = xt_small_x86
+    copy = tmp_path / library.name
+    copy.write_bytes(library.read_bytes()[:300_000])
+    for suffix in (".json", ".params"):
+        shutil.copy(library.with_suffix(suffix), copy.with_suffix(suffix))
+    with pytest.raises(ParcnetError, match=rf"{copy} changed since it was built .*: copy the library, its weights"):
+        load(copy)(np.zeros((1, 3, SMALL, SMALL), np.float32))

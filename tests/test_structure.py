@@ -22,7 +22,7 @@ LAYERS = [
     ("verification, timing and the board estimate", {"verify", "timing", "estimate"}),
     ("tuning", {"tuning", "tuning_log", "log_lock"}),
     ("build", {"pipeline", "build"}),
-    ("jobs: bench, deploy, tune, and the Python API over them", {"bench", "bench_op", "breakdown", "arm_bundle", "tune", "api"}),
+    ("jobs: bench, deploy, tune, and the Python API over them", {"bench", "bench_op", "breakdown", "arm_bundle", "tune_job", "api"}),
     ("command line", {"cli"}),
 ]
 LAYER_OF = {name: level for level, (_, names) in enumerate(LAYERS) for name in names}

@@ -94,7 +94,7 @@ def _measured_on(log_dir, device_id):
 def test_the_default_work_dir_is_in_the_cache_one_per_device(tmp_path, monkeypatch):
     from support import ROOT
 
-    from parcnet_tvm.tune import logs_of_run
+    from parcnet_tvm.tune_job import logs_of_run
 
     amd, intel = cpu_device("znver4", AMD), cpu_device("icelake-server", INTEL)
     assert (amd.id, intel.id) == ("amd-f25-m17-znver4", OTHER_CPU)

@@ -14,7 +14,8 @@
  *   parcnet_free(model);
  *
  * Every function returning int gives 0 on success and -1 on failure; parcnet_error() then
- * says what went wrong, in one line, for the failed call on this thread. A model may be used
+ * says what went wrong and how to fix it, in one line ("<what is wrong>: <how to fix>"), for
+ * the failed call on this thread. A model may be used
  * from one thread at a time (run it from several threads with one model each).
  */
 #ifndef PARCNET_H_
@@ -34,7 +35,11 @@ typedef struct parcnet_model parcnet_model;
 
 /* Load the library, its weights (model.so -> model.params beside it, read once into memory)
  * and its manifest (the input contract, output shape and class names).
- * manifest_path NULL: the manifest beside the library (model.so -> model.json). */
+ * manifest_path NULL: the manifest beside the library (model.so -> model.json).
+ * Refused with a one-line error: a manifest that is not JSON or has entries of the wrong type
+ * or range, a library whose size or sha256 is not the one its manifest records (a cut copy,
+ * another library's manifest), a weights file whose size or tensor count is not the
+ * manifest's. */
 PARCNET_API int parcnet_load(const char* library_path, const char* manifest_path, parcnet_model** out);
 
 /* The input shape, float32 NCHW: {batch, 3, height, width}. */
@@ -44,8 +49,9 @@ PARCNET_API int parcnet_input_shape(const parcnet_model* model, int64_t shape[4]
 PARCNET_API int parcnet_output_shape(const parcnet_model* model, int64_t shape[2]);
 
 /* Run the model: input holds input_count floats (the whole input shape), logits receives
- * logits_count floats (the whole output shape). num_threads > 0 sets the number of threads
- * the kernels run on; 0 keeps the current setting (at first: one per core). */
+ * logits_count floats (the whole output shape). num_threads from 1 to 64 sets the number of
+ * threads the kernels run on; 0 keeps the current setting (at first: one per core); any other
+ * count is an error. */
 PARCNET_API int parcnet_run(parcnet_model* model, const float* input, size_t input_count, float* logits,
                 size_t logits_count, int num_threads);
 
@@ -56,7 +62,9 @@ PARCNET_API int parcnet_run(parcnet_model* model, const float* input, size_t inp
 PARCNET_API int parcnet_preprocess_rgb(const parcnet_model* model, const uint8_t* rgb, int width, int height,
                            int row_stride, float* out, size_t out_count);
 
-/* The same for an image file (JPEG, PNG, BMP or PPM). */
+/* The same for an image file (JPEG, PNG, BMP or PPM). Images of more than 64 megapixels (both
+ * functions), files that are no image and images that cannot be decoded (cut short) are
+ * errors. */
 PARCNET_API int parcnet_preprocess_file(const parcnet_model* model, const char* image_path, float* out, size_t out_count);
 
 /* The name of class `index` (from the class-name file the manifest names), or NULL when the

@@ -11,11 +11,15 @@
 // Speaks TVM's RPC handshake and tracker protocol (tvm/rpc/server.py is the reference):
 // each accepted session runs in a forked child, in its own work directory, with the
 // runtime's RPC server loop; a session's "-timeout=S" option kills it after S seconds.
+// Until a session begins, every byte a client sends is distrusted: the handshake must finish
+// within kHandshakeSeconds, every length it carries is bounded, and a client that fails it is
+// dropped with one log line while the server goes on to the next.
 
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/select.h>
 #include <sys/socket.h>
@@ -29,8 +33,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -57,6 +63,17 @@ constexpr int32_t kCodeMismatch = kRPCMagic + 2;
 // TrackerCode values (tvm/rpc/base.py).
 constexpr int kTrackerSuccess = 0, kTrackerPut = 3, kTrackerUpdateInfo = 5, kTrackerPendingKeys = 7;
 constexpr int kPingSeconds = 2;
+// What a client may send before its session begins. TVM's clients send the whole handshake at
+// once, so a few seconds is generous; a key is "client:KEY[:MATCH] [-timeout=S]", far below
+// 4 KiB; the session's first packet (kInitServer: the protocol version and constructor
+// arguments) is small.
+constexpr int kHandshakeSeconds = 5;
+constexpr int32_t kMaxKeyBytes = 4096;
+constexpr int32_t kInitServer = 2;                 // RPCCode::kInitServer (rpc/minrpc/rpc_reference.h)
+constexpr uint64_t kMaxFirstPacket = 1ULL << 26;   // 64 MiB
+constexpr int32_t kMaxTrackerReply = 1 << 20;
+
+using Clock = std::chrono::steady_clock;
 
 std::string g_workdir;  // the current session's directory
 
@@ -76,6 +93,23 @@ struct Options {
   std::exit(1);
 }
 
+// A client that broke the handshake: why, for the log; the server drops it and goes on.
+struct Dropped : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A TCP port written in digits, 1 to 65535: anything else stops the server at once with
+// one line, not with an uncaught exception from std::stoi.
+int PortNumber(const std::string& option, const std::string& text, const std::string& example) {
+  const bool digits = !text.empty() && text.size() <= 5 &&
+                      std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isdigit(c); });
+  const int port = digits ? std::stoi(text) : 0;
+  if (port < 1 || port > 65535) {
+    Fail(option + " takes a port from 1 to 65535, not \"" + text + "\": give one, e.g. " + example);
+  }
+  return port;
+}
+
 void Log(const std::string& msg) {
   std::fprintf(stderr, "[parcnet_rpc_server] %s\n", msg.c_str());
 }
@@ -89,16 +123,16 @@ Options ParseArgs(int argc, char** argv) {
       return argv[++i];
     };
     if (arg == "--port") {
-      opt.port = std::stoi(value());
+      opt.port = PortNumber(arg, value(), "--port 9090");
       opt.port_end = opt.port;
     } else if (arg == "--port-end") {
-      opt.port_end = std::stoi(value());
+      opt.port_end = PortNumber(arg, value(), "--port-end 9199");
     } else if (arg == "--tracker") {
       std::string t = value();
       auto colon = t.rfind(':');
-      if (colon == std::string::npos) Fail("--tracker must be HOST:PORT, got " + t);
+      if (colon == std::string::npos || colon == 0) Fail("--tracker must be HOST:PORT, got " + t + ": e.g. 192.168.1.10:9190");
       opt.tracker_host = t.substr(0, colon);
-      opt.tracker_port = std::stoi(t.substr(colon + 1));
+      opt.tracker_port = PortNumber("--tracker's port", t.substr(colon + 1), "--tracker 192.168.1.10:9190");
     } else if (arg == "--key") {
       opt.key = value();
     } else if (arg == "--host-addr") {
@@ -118,11 +152,15 @@ Options ParseArgs(int argc, char** argv) {
         opt.allow.push_back(parsed.s_addr);
       }
     } else {
-      Fail("usage: parcnet_rpc_server [--port P [--port-end Q]] [--tracker HOST:PORT --key KEY] [--host-addr IP] "
-           "[--bind IP] [--allow IP[,IP...]]");
+      Fail("unknown argument " + arg + ": usage: parcnet_rpc_server [--port P [--port-end Q]] "
+           "[--tracker HOST:PORT --key KEY] [--host-addr IP] [--bind IP] [--allow IP[,IP...]]");
     }
   }
-  if (!opt.tracker_host.empty() && opt.key.empty()) Fail("--tracker needs --key KEY (e.g. rk3288)");
+  if (!opt.tracker_host.empty() && opt.key.empty()) Fail("--tracker needs --key KEY: e.g. --key rk3288");
+  if (opt.port_end < opt.port) {
+    Fail("--port-end " + std::to_string(opt.port_end) + " is below --port " + std::to_string(opt.port) +
+         ": give --port-end >= --port");
+  }
   return opt;
 }
 
@@ -141,9 +179,24 @@ void SendAll(int fd, const void* data, size_t size) {
   }
 }
 
-void RecvAll(int fd, void* data, size_t size) {
+// Waits until `fd` has bytes (or its end) to read; past `deadline` the client is dropped.
+// Clock::time_point::max(): no deadline (the tracker's connection).
+void WaitReadable(int fd, Clock::time_point deadline) {
+  if (deadline == Clock::time_point::max()) return;
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) throw Dropped("no complete handshake within " + std::to_string(kHandshakeSeconds) + " s");
+    pollfd waiting{fd, POLLIN, 0};
+    const int ready = poll(&waiting, 1, int(left));
+    if (ready > 0) return;
+    if (ready < 0 && errno != EINTR) throw Dropped(std::string("its connection failed (") + std::strerror(errno) + ")");
+  }
+}
+
+void RecvAll(int fd, void* data, size_t size, Clock::time_point deadline = Clock::time_point::max()) {
   char* p = static_cast<char*>(data);
   while (size > 0) {
+    WaitReadable(fd, deadline);
     ssize_t n = recv(fd, p, size, 0);
     if (n <= 0) {
       if (n < 0 && errno == EINTR) continue;
@@ -156,9 +209,9 @@ void RecvAll(int fd, void* data, size_t size) {
 
 void SendInt(int fd, int32_t v) { SendAll(fd, &v, 4); }  // little-endian on ARM and x86
 
-int32_t RecvInt(int fd) {
+int32_t RecvInt(int fd, Clock::time_point deadline = Clock::time_point::max()) {
   int32_t v;
-  RecvAll(fd, &v, 4);
+  RecvAll(fd, &v, 4, deadline);
   return v;
 }
 
@@ -167,11 +220,15 @@ void SendJson(int fd, const std::string& json) {
   SendAll(fd, json.data(), json.size());
 }
 
-std::string RecvString(int fd) {
-  int32_t size = RecvInt(fd);
-  if (size < 0 || size > (1 << 20)) throw std::runtime_error("bad message length");
+// A length-prefixed string of at most `most` bytes: a hostile length is refused before
+// anything is allocated for it.
+std::string RecvString(int fd, int32_t most, Clock::time_point deadline = Clock::time_point::max()) {
+  int32_t size = RecvInt(fd, deadline);
+  if (size < 0 || size > most) {
+    throw Dropped("length " + std::to_string(size) + " is outside 0.." + std::to_string(most));
+  }
   std::string s(size_t(size), '\0');
-  RecvAll(fd, s.data(), s.size());
+  RecvAll(fd, s.data(), s.size(), deadline);
   return s;
 }
 
@@ -274,7 +331,7 @@ class Tracker {
   // While idle: if a client took our key but never came, offer a new one.
   void Ping() {
     SendJson(fd_, "[" + std::to_string(kTrackerPendingKeys) + "]");
-    std::string pending = RecvString(fd_);
+    std::string pending = RecvString(fd_, kMaxTrackerReply);
     if (pending.find(Quote(matchkey_)) == std::string::npos) {
       if (++unmatched_ * kPingSeconds > 6) {
         Put();
@@ -294,7 +351,7 @@ class Tracker {
  private:
   void Request(const std::string& json) {
     SendJson(fd_, json);
-    std::string reply = RecvString(fd_);
+    std::string reply = RecvString(fd_, kMaxTrackerReply);
     if (reply != std::to_string(kTrackerSuccess)) Fail("tracker refused " + json + ": " + reply);
   }
 
@@ -307,33 +364,97 @@ class Tracker {
 
 // ---- sessions -------------------------------------------------------------------------
 
-// Handshake of one incoming connection; returns the session timeout (0 = none), or -1 to drop it.
+// The session timeout a client's key asks for ("-timeout=S", seconds; 0 = none). A value that
+// is not a plain non-negative number drops the client rather than being read as some other.
+double SessionTimeout(const std::string& key) {
+  auto pos = key.find("-timeout=");
+  if (pos == std::string::npos) return 0.0;
+  const char* start = key.c_str() + pos + 9;
+  char* end = nullptr;
+  const double timeout = std::strtod(start, &end);
+  if (end == start || (*end != '\0' && *end != ' ') || !std::isfinite(timeout) || timeout < 0) {
+    throw Dropped("its -timeout is not a number of seconds");
+  }
+  return timeout;
+}
+
+// The session's first packet, peeked (the runtime's loop reads it): a TVM client opens with
+// kInitServer and a small length. Garbage after a good handshake is dropped here, so the
+// runtime never sizes a buffer from a hostile length, and a client gone silent after the
+// handshake does not hold the server.
+void ExpectSessionStart(int conn, Clock::time_point deadline) {
+  unsigned char head[12];
+  while (true) {
+    WaitReadable(conn, deadline);
+    ssize_t n = recv(conn, head, sizeof(head), MSG_PEEK);
+    if (n == ssize_t(sizeof(head))) break;
+    if (n == 0) throw Dropped("it closed before its session began");
+    if (n < 0 && errno != EINTR) throw Dropped(std::string("its connection failed (") + std::strerror(errno) + ")");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // part of the header so far
+  }
+  uint64_t size;
+  int32_t code;
+  std::memcpy(&size, head, 8);
+  std::memcpy(&code, head + 8, 4);
+  if (code != kInitServer || size < 12 || size > kMaxFirstPacket) {
+    throw Dropped("its first packet is not a TVM session start");
+  }
+}
+
+// Handshake of one incoming connection (tvm/rpc/server.py's, with every length bounded and
+// the whole exchange under one deadline); returns the session timeout (0 = none). Throws
+// (Dropped, or a closed connection) when the client is to be dropped.
 double Handshake(int conn, const std::string& expected_key, const std::string& server_key) {
-  if (RecvInt(conn) != kRPCMagic) return -1;
-  std::string key = RecvString(conn);
+  const auto deadline = Clock::now() + std::chrono::seconds(kHandshakeSeconds);
+  const int32_t magic = RecvInt(conn, deadline);
+  if (magic != kRPCMagic) throw Dropped("not a TVM RPC client (wrong magic number)");
+  std::string key = RecvString(conn, kMaxKeyBytes, deadline);
   std::string first = key.substr(0, key.find(' '));
   if (first != "client:" + expected_key) {
     SendInt(conn, kCodeMismatch);
-    return -1;
+    throw Dropped("its key does not match this server's");
   }
+  const double timeout = SessionTimeout(key);
   SendInt(conn, kCodeSuccess);
   SendInt(conn, int32_t(server_key.size()));
   SendAll(conn, server_key.data(), server_key.size());
-  auto pos = key.find("-timeout=");
-  return pos == std::string::npos ? 0.0 : std::atof(key.c_str() + pos + 9);
+  ExpectSessionStart(conn, deadline);
+  return timeout;
+}
+
+// The session's process. Whatever ends the session (a client that resets the connection, or
+// sends what the runtime refuses) ends this process here: an exception must never unwind into
+// the server's loop of main(), or the child would go on accepting clients as a second server
+// while the parent waits for it forever.
+[[noreturn]] void RunSession(int conn, const char* workdir) {
+  try {
+    g_workdir = workdir;
+    if (chdir(workdir) != 0) std::_Exit(1);
+    tvm::runtime::RPCServerLoop(conn);
+  } catch (const std::exception& err) {
+    Log(std::string("session ended: ") + err.what());
+    std::_Exit(1);
+  } catch (...) {
+    std::_Exit(1);
+  }
+  std::_Exit(0);
 }
 
 void Serve(int conn, double timeout) {
   char tmpl[] = "/tmp/parcnet_rpc_XXXXXX";
-  if (mkdtemp(tmpl) == nullptr) throw std::runtime_error("cannot create a session directory");
-  pid_t child = fork();
-  if (child == 0) {
-    g_workdir = tmpl;
-    if (chdir(tmpl) != 0) std::_Exit(1);
-    tvm::runtime::RPCServerLoop(conn);
-    std::_Exit(0);
+  if (mkdtemp(tmpl) == nullptr) {
+    close(conn);
+    Log("cannot create a session directory in /tmp; dropped the client");
+    return;
   }
+  pid_t child = fork();
+  if (child == 0) RunSession(conn, tmpl);
   close(conn);
+  if (child < 0) {
+    Log("cannot start a session process; dropped the client");
+    rmdir(tmpl);
+    return;
+  }
   auto start = std::chrono::steady_clock::now();
   int status = 0;
   while (waitpid(child, &status, WNOHANG) == 0) {
@@ -361,6 +482,39 @@ void RegisterServerFunctions() {
         Log("load_module " + path);
         return tvm::ffi::Module::LoadFromFile(path);
       });
+}
+
+std::string AddressText(const sockaddr_in& peer) {
+  char text[INET_ADDRSTRLEN];
+  return inet_ntop(AF_INET, &peer.sin_addr, text, sizeof(text)) ? text : "an unknown address";
+}
+
+// Accepts the next client and serves its session. A client refused by --allow or dropped in
+// the handshake costs one log line and nothing else: no pause, no new tracker registration.
+void ServeNext(int listen_fd, const Options& opt, Tracker& tracker) {
+  sockaddr_in peer{};
+  socklen_t peer_size = sizeof(peer);
+  int conn = accept(listen_fd, reinterpret_cast<sockaddr*>(&peer), &peer_size);
+  if (conn < 0) return;
+  if (!opt.allow.empty() && std::find(opt.allow.begin(), opt.allow.end(), peer.sin_addr.s_addr) == opt.allow.end()) {
+    Log("refused a client from " + AddressText(peer) + " (not in --allow)");
+    close(conn);
+    return;
+  }
+  int one = 1;
+  setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  std::string expected = tracker.enabled() ? tracker.matchkey() : opt.key;
+  double timeout = 0;
+  try {
+    timeout = Handshake(conn, expected, "server:" + opt.key);
+  } catch (const std::exception& why) {  // Dropped, or the client closed the connection
+    Log("dropped a client from " + AddressText(peer) + ": " + why.what());
+    close(conn);
+    return;
+  }
+  Log("session started");
+  Serve(conn, timeout);
+  if (tracker.enabled()) tracker.Put();  // a fresh key for the next client
 }
 
 }  // namespace
@@ -392,29 +546,7 @@ int main(int argc, char** argv) {
             continue;
           }
         }
-        sockaddr_in peer{};
-        socklen_t peer_size = sizeof(peer);
-        int conn = accept(listen_fd, reinterpret_cast<sockaddr*>(&peer), &peer_size);
-        if (conn < 0) continue;
-        if (!opt.allow.empty() &&
-            std::find(opt.allow.begin(), opt.allow.end(), peer.sin_addr.s_addr) == opt.allow.end()) {
-          char text[INET_ADDRSTRLEN];
-          Log(std::string("refused a client from ") + inet_ntop(AF_INET, &peer.sin_addr, text, sizeof(text)) +
-              " (not in --allow)");
-          close(conn);
-          continue;
-        }
-        int one = 1;
-        setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        std::string expected = tracker.enabled() ? tracker.matchkey() : opt.key;
-        double timeout = Handshake(conn, expected, "server:" + opt.key);
-        if (timeout < 0) {
-          close(conn);
-          continue;
-        }
-        Log("session started");
-        Serve(conn, timeout);
-        if (tracker.enabled()) tracker.Put();  // a fresh key for the next client
+        ServeNext(listen_fd, opt, tracker);
       }
     } catch (const std::exception& err) {
       Log(std::string("connection problem: ") + err.what() + "; starting over");
