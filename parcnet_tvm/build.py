@@ -61,6 +61,7 @@ class BuildRequest:
     any_device: bool = False      # apply logs another device measured (default: refused)
     exact_math: bool = False      # keep libm erf in GELU instead of the fast polynomial
     cuda_graph: bool = True       # CUDA: replay the kernels from a CUDA graph (pipeline.uses_cuda_graph)
+    named_target: object = None   # the target as a job resolved it already (tune_job): used as it is
 
     def tuning_logs(self) -> list:
         if isinstance(self.tuning_log, (str, Path)):
@@ -131,7 +132,7 @@ def build_library(request: BuildRequest, log=print) -> dict:
 
 def check_build_request(request: BuildRequest, log) -> tuple:
     """Everything that can be checked before the import and the compile: (target, input size, output)."""
-    named_target = get_target(request.target, cuda_arch=request.cuda_arch, mcpu=request.mcpu)
+    named_target = request.named_target or get_target(request.target, cuda_arch=request.cuda_arch, mcpu=request.mcpu)
     named_target.check_toolchain()
     input_size = parse_input_size(request.input_size)
     if request.batch < 1:

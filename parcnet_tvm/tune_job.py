@@ -42,7 +42,7 @@ from .onnx_file import load_onnx_file
 from .pipeline import PipelineOptions, fused_module
 from .runtime import why_not_runnable
 from .targets import NamedTarget, get_target, local_cuda_arch
-from .tuning.budget import default_budget
+from .tuning.budget import check_budget, default_budget
 from .tuning.device import Device, check_tuning_into, device_for
 from .tuning.measurement import local_measurement, rpc_measurement
 from .tuning.progress import boards_line
@@ -91,11 +91,7 @@ To tune on your board (RK3288 or any ARMv7-A NEON board):
 
 def _check_request(request: TuneRequest, named: NamedTarget) -> None:
     board.check_board_args(request.rpc_tracker, request.rpc_key, request.rpc)
-    for name in ("trials", "trials_per_task", "trials_per_iter"):
-        if getattr(request, name) is not None and getattr(request, name) < 1:
-            raise ParcnetError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(request, name)})")
-    if request.time_budget is not None and request.time_budget <= 0:
-        raise ParcnetError(f"--time-budget must be > 0 minutes (got {request.time_budget})")
+    check_budget(request.trials, request.trials_per_task, request.trials_per_iter, request.time_budget)
     if request.batch < 1:
         raise ParcnetError(f"--batch must be >= 1 (got {request.batch})")
     if request.emulate is not None and int(request.emulate) < 0:
@@ -206,7 +202,7 @@ def _build_request(request: TuneRequest, named: NamedTarget, input_size, logs, d
                         batch=request.batch, checkpoint=request.checkpoint, resize_kernels=request.resize_kernels,
                         onnx=request.onnx, output=request.output,
                         cuda_arch=request.cuda_arch, mcpu=request.mcpu, tuning_log=logs, logs_must_apply=False,
-                        exact_math=request.exact_math, device=device.id if device else None)
+                        exact_math=request.exact_math, device=device.id if device else None, named_target=named)
 
 
 def _build_tuned(request: TuneRequest, job: TuneJob, log) -> tuple[BuildRequest, dict]:

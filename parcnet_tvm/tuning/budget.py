@@ -82,6 +82,15 @@ def write_budget_record(work_dir: Path, tasks, caps: list[int], flops: list[floa
     path.write_text(json.dumps({"runs": runs + [record]}, indent=1) + "\n")
 
 
+def check_budget(trials=None, trials_per_task=None, trials_per_iter=None, time_budget_min=None) -> None:
+    """The budget's arguments, checked before the model is imported (default_budget sizes it later)."""
+    for name, value in (("trials", trials), ("trials-per-task", trials_per_task), ("trials-per-iter", trials_per_iter)):
+        if value is not None and value < 1:
+            raise ParcnetError(f"--{name} must be >= 1 (got {value})")
+    if time_budget_min is not None and time_budget_min <= 0:
+        raise ParcnetError(f"--time-budget must be > 0 minutes (got {time_budget_min})")
+
+
 def default_budget(n_tasks: int, trials=None, trials_per_task=None, trials_per_iter=None,
                    time_budget_min=None) -> TuneBudget:
     """Defaults sized for ParCNetV2 on a 2-core host: 8 candidates per task per round, each
