@@ -31,7 +31,7 @@ from .pipeline import (
     report,
     uses_cuda_graph,
 )
-from .targets import get_target, host_cpu_description
+from .targets import NamedTarget, get_target, host_cpu_description
 from .tuning.device import check_build_log
 from .tuning_log import check_log_target, database_summary, require_log
 from .verify import raise_on_failure, verify_against
@@ -100,38 +100,50 @@ def returned_shape(mod) -> tuple[int, ...]:
     return tuple(int(d) for d in info.shape.values)
 
 
+@dataclass(frozen=True)
+class BuildJob:
+    """A build request resolved once, before the import and the compile: what every stage reads."""
+    request: BuildRequest        # the options as asked
+    target: NamedTarget          # with the detected CPU (or the GPU arch)
+    input_shape: tuple           # (batch, 3, H, W); an ONNX file's own
+    output: Path
+    options: PipelineOptions
+    tuning_logs: tuple
+    onnx_model: object = None    # the user's ONNX file, loaded (onnx_file.OnnxFileModel)
+
+
 def build_library(request: BuildRequest, log=print) -> dict:
     """Build, export and verify one library; returns its manifest (also written beside it)."""
-    named_target, input_size, output = check_build_request(request, log)
-    log(f"target: {named_target.description}")
+    job = resolve_build(request, log)
+    log(f"target: {job.target.description}")
     started = time.perf_counter()
-    model, mod, input_shape, frontend = import_request(request, input_size, log)
+    model, mod, frontend = import_model_of(job, log)
     imported = time.perf_counter()
     log(f"[2/4] imported through {frontend} in {imported - started:.1f} s")
-    options = request.pipeline_options()
-    prepared, done = prepare_and_report(mod, named_target, options, request, log)
+    prepared, done = prepare_and_report(mod, job, log)
     # The weights leave the code: OUT.params beside OUT.so, held once in memory (params.py).
     prepared, weights = lift_weights(prepared)
-    lowered = lower(prepared, named_target, options)
-    executable = codegen(lowered, named_target, options)
+    lowered = lower(prepared, job.target, job.options)
+    executable = codegen(lowered, job.target, job.options)
     # Written beside the output under other names (outputs.py), renamed into place together
     # only once they have verified: a failed, interrupted or disk-full build leaves what was
     # at `output` untouched.
+    output = job.output
     with outputs.replacing(output, weights_path(output), manifest_io.path_for(output)) as (library, _, manifest_file):
-        _export(named_target, executable, weights, library)
+        _export(job.target, executable, weights, library)
         compiled = time.perf_counter()
         log(f"[3/4] compiled and exported in {compiled - imported:.1f} s")
-        manifest = describe_library(request, named_target, model, mod, frontend, input_shape, done, library,
-                                    output, planned_bytes(lowered), len(weights))
+        manifest = describe_library(job, model, mod, frontend, done, library, planned_bytes(lowered), len(weights))
         manifest["build_seconds"] = round(compiled - started, 1)
-        manifest["verification"] = _verify(request, model, library, named_target, input_shape, output, log)
+        manifest["verification"] = _verify(job, model, library, log)
         manifest_file.write_text(manifest_io.dumps(manifest))
     log(f"      {output} and its manifest {manifest_io.path_for(output).name}")
     return manifest
 
 
-def check_build_request(request: BuildRequest, log) -> tuple:
-    """Everything that can be checked before the import and the compile: (target, input size, output)."""
+def resolve_build(request: BuildRequest, log) -> BuildJob:
+    """Check everything that can be checked before the import and the compile, and resolve
+    the target, input shape, output and logs once."""
     named_target = request.named_target or get_target(request.target, cuda_arch=request.cuda_arch, mcpu=request.mcpu)
     named_target.check_toolchain()
     input_size = parse_input_size(request.input_size)
@@ -141,43 +153,43 @@ def check_build_request(request: BuildRequest, log) -> tuple:
     output = request.output_path()
     manifest_io.check_output(output)
     check_algo(request.oversized_algo)
-    tuning_logs = request.tuning_logs()
+    tuning_logs = tuple(request.tuning_logs())
     if tuning_logs and request.tvm_default:
         raise ParcnetError("a tuning log applies to our pipeline, not to --tvm-default-schedules: drop one of them")
     for log_dir in tuning_logs:
         require_log(log_dir)
         check_log_target(log_dir, named_target, log=lambda *_: None)  # another kind of device: refused first
         check_build_log(log_dir, named_target, request.device, request.any_device, log)
-    return named_target, input_size, output
+    onnx_model = load_onnx_file(request.onnx, request.batch) if request.onnx else None
+    input_shape = tuple(onnx_model.input_shape) if onnx_model else (request.batch, 3, *input_size)
+    return BuildJob(request, named_target, input_shape, output, request.pipeline_options(), tuning_logs, onnx_model)
 
 
-def import_request(request: BuildRequest, input_size, log) -> tuple:
-    """(model, Relax module, input shape, frontend name) of our PyTorch model or the user's ONNX file."""
-    if request.onnx:  # the user's export; verified against onnxruntime on the same file
-        model = load_onnx_file(request.onnx, request.batch)
-        log(f"[1/4] ONNX file {request.onnx}, input {list(model.input_shape)} (batch fixed, shape arithmetic folded)")
-        return model, import_onnx_file(model), tuple(model.input_shape), "onnx-file"
-    model = prepare_model(request.model, input_size, request.checkpoint, request.resize_kernels)
-    input_shape = (request.batch, 3, *input_size)
-    log(f"[1/4] model {model.variant.name}, input {list(input_shape)}")
-    return model, import_model(model, input_shape, request.frontend), input_shape, request.frontend
+def import_model_of(job: BuildJob, log) -> tuple:
+    """(model, Relax module, frontend name) of our PyTorch model or the user's ONNX file."""
+    request = job.request
+    if job.onnx_model:  # the user's export; verified against onnxruntime on the same file
+        log(f"[1/4] ONNX file {request.onnx}, input {list(job.input_shape)} (batch fixed, shape arithmetic folded)")
+        return job.onnx_model, import_onnx_file(job.onnx_model), "onnx-file"
+    model = prepare_model(request.model, job.input_shape[2:], request.checkpoint, request.resize_kernels)
+    log(f"[1/4] model {model.variant.name}, input {list(job.input_shape)}")
+    return model, import_model(model, job.input_shape, request.frontend), request.frontend
 
 
-def prepare_and_report(mod, named_target, options: PipelineOptions, request: BuildRequest, log) -> tuple:
+def prepare_and_report(mod, job: BuildJob, log) -> tuple:
     """Our graph passes and schedules (`pipeline.prepare`), and what they did, said once."""
-    prepared = prepare(mod, named_target, options, log)
+    prepared = prepare(mod, job.target, job.options, log)
     done = report(prepared)
     if done:
         algos = ", ".join(f"{n} {a}" for a, n in done.get("oversized_algos", {}).items()) or "none"
         log(f"      {done.get('oversized_pairs', 0)} oversized conv pairs on our op ({algos}); channels-last, "
             f"{done['transposes_left']} transposes left; {done['layer_norms_fused']} LayerNormGeneral chains as one op")
-    tuning_logs = request.tuning_logs()
-    if tuning_logs:
+    if job.tuning_logs:
         log(f"      tuning log: {done['kernels_from_database']} of {done['kernels']} kernels from the database, "
             f"{done['kernels'] - done['kernels_from_database']} from our hand rules")
-        if request.logs_must_apply and not done["kernels_from_database"]:
-            raise ParcnetError(f"tuning log {', '.join(map(str, tuning_logs))} has no record for any kernel of this "
-                               "build: it was tuned for another model, input size or batch; tune this one "
+        if job.request.logs_must_apply and not done["kernels_from_database"]:
+            raise ParcnetError(f"tuning log {', '.join(map(str, job.tuning_logs))} has no record for any kernel of "
+                               "this build: it was tuned for another model, input size or batch; tune this one "
                                "(scripts/tune.py) or drop --tuning-log")
     return prepared, done
 
@@ -195,22 +207,24 @@ def _export(named_target, executable, weights: dict, library: Path) -> None:
             raise
 
 
-def _verify(request: BuildRequest, model, library: Path, named_target, input_shape, output: Path, log) -> dict:
-    result = verify_against(model, library, named_target, input_shape) if request.verify else {"status": "not run"}
+def _verify(job: BuildJob, model, library: Path, log) -> dict:
+    result = verify_against(model, library, job.target, job.input_shape) if job.request.verify \
+        else {"status": "not run"}
     if result["status"] == "passed":
         log(f"[4/4] verified against {result['reference'].split()[0]}: max abs error "
             f"{result['max_abs_error']:.2e} <= {result['tolerance']:g}")
     else:
         log(f"[4/4] verification {result['status']}" + (f": {result['reason']}" if "reason" in result else ""))
-    raise_on_failure(result, output, kept_note=f" (nothing written: {output} is as it was)")
+    raise_on_failure(result, job.output, kept_note=f" (nothing written: {job.output} is as it was)")
     return result
 
 
-def describe_library(request: BuildRequest, named_target, model, mod, frontend: str, input_shape, done: dict,
-                     library: Path, output: Path, activation_bytes: int, tensors: int) -> dict:
-    """The manifest of a built library (`library`, still under its partial name; `output` is
-    where it goes)."""
-    tuning_logs = request.tuning_logs()
+def describe_library(job: BuildJob, model, mod, frontend: str, done: dict, library: Path,
+                     activation_bytes: int, tensors: int) -> dict:
+    """The manifest of a built library (`library`, still under its partial name; `job.output`
+    is where it goes)."""
+    request, named_target, input_shape, output = job.request, job.target, job.input_shape, job.output
+    tuning_logs = job.tuning_logs
     saved_weights = describe_weights(weights_path(library), tensors)
     return {
         "library": output.name,
@@ -246,7 +260,7 @@ def describe_library(request: BuildRequest, named_target, model, mod, frontend: 
         "schedules": "tvm-default" if request.tvm_default else "ours",
         # rule name -> kernels it scheduled (ours, `tuning_database`, or a fallback)
         "kernel_schedules": done.get("kernel_schedules", {}),
-        "cuda_graph": uses_cuda_graph(named_target, request.pipeline_options()),
+        "cuda_graph": uses_cuda_graph(named_target, job.options),
         "oversized_op": {"custom_op": request.custom_op and not request.tvm_default,
                          "algo": request.oversized_algo},
         "weights": {"in": "the ONNX file"} if request.onnx else {

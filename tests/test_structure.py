@@ -148,6 +148,16 @@ def test_modules_stay_small():
     assert not long, long
 
 
+def test_the_jobs_functions_stay_short():
+    """build, the tune job and tuning/: no function over 60 lines (a stage each, readable whole)."""
+    package = ROOT / "parcnet_tvm"
+    files = [package / "build.py", package / "tune_job.py", *sorted((package / "tuning").glob("*.py"))]
+    long = {f"{path.relative_to(ROOT)}:{node.name}": node.end_lineno - node.lineno + 1
+            for path in files for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60}
+    assert not long, long
+
+
 # Small modules whose behaviour the tests of the modules that use them assert.
 TESTED_THROUGH_USERS = {
     "errors": "every bad-input test",
