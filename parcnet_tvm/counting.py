@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import outputs
 from .errors import ParcnetError
 from .runtime import qemu_prefix, runtime_dir
 
@@ -47,12 +48,11 @@ def build_counter(cache=None, log=print) -> Path:
     if cc is None:
         raise ParcnetError("the qemu counting plugin needs a C compiler: apt-get install gcc")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.so")
-    done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-o", str(partial),
-                           str(SOURCE), "-lpthread"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ParcnetError(f"building the qemu counting plugin failed:\n{done.stderr[-2000:]}")
-    partial.rename(path)
+    with outputs.replacing(path) as (partial,):
+        done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-o", str(partial),
+                               str(SOURCE), "-lpthread"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ParcnetError(f"building the qemu counting plugin failed:\n{done.stderr[-2000:]}")
     log(f"qemu counting plugin: built {path}")
     return path
 

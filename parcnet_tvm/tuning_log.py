@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tvm.s_tir import meta_schedule as ms
 
+from . import outputs
 from .errors import ParcnetError
 from .log_lock import held_by_this_process, locked
 from .manifest import artifact_name
@@ -166,9 +167,7 @@ def check_and_repair(work_dir, log=print) -> list[str]:
 
 
 def _rewrite(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)  # atomic: a kill here leaves the old or the new file, never half
+    outputs.write_text(path, "".join(line + "\n" for line in lines))  # a kill leaves the old file or the new
 
 
 def open_database(work_dir, create: bool = False, log=print) -> ms.database.JSONDatabase:

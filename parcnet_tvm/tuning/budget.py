@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tvm.s_tir.analysis import estimate_tir_flops
 
+from .. import outputs
 from ..errors import ParcnetError
 
 
@@ -79,7 +80,7 @@ def write_budget_record(work_dir: Path, tasks, caps: list[int], flops: list[floa
         "tasks": [{"task": t.task_name, "weight": int(t.weight), "flop_share": round(f / total, 5), "max_trials": c}
                   for t, c, f in zip(tasks, caps, flops)],
     }
-    path.write_text(json.dumps({"runs": runs + [record]}, indent=1) + "\n")
+    outputs.write_text(path, json.dumps({"runs": runs + [record]}, indent=1) + "\n")
 
 
 def check_budget(trials=None, trials_per_task=None, trials_per_iter=None, time_budget_min=None) -> None:
