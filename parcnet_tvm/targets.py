@@ -16,6 +16,7 @@ from pathlib import Path
 
 import tvm
 
+from . import neon_kernels
 from .errors import ParcnetError
 
 TARGET_NAMES = ("x86", "arm", "cuda")
@@ -282,6 +283,12 @@ def _require_tool(tool: str, debian_package: str, purpose: str) -> str:
     return path
 
 
+def arm_linker(cxx: str = ARM_CXX):
+    """export_library's compile function for ARM libraries: the cross compiler, linking our
+    hand-written NEON kernels (neon_kernels) beside TVM's objects."""
+    return tvm.support.cc.cross_compiler(cxx, add_files=neon_kernels.objects(cxx))
+
+
 @dataclass(frozen=True)
 class NamedTarget:
     """A deployment target by name, with the TVM target and how to export for it."""
@@ -296,7 +303,7 @@ class NamedTarget:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.name == "arm":
             cxx = _require_tool(ARM_CXX, "g++-arm-linux-gnueabihf", "link ARM libraries")
-            executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(cxx))
+            executable.export_library(str(path), fcompile=arm_linker(cxx))
         else:  # x86 and the CUDA host code are linked with the host compiler
             _require_tool("g++", "g++", "link host libraries")
             executable.export_library(str(path))

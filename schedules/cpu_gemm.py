@@ -18,6 +18,7 @@ from tvm.target import Target
 
 from .common import divisors, knob, mark_root_untouchable
 from .cpu_target import CpuHandRule, cpu_target
+from . import neon_gemm
 from .cpu_tiling import register_tile, register_tile_choices, vector_lanes
 
 GEMM_BLOCKS = ("matmul", "T_matmul_NN")
@@ -71,6 +72,17 @@ def row_block(rows: int, row_choices: list[int], column_tiles: int, parallel_job
     return unit
 
 
+def micro_row_blocks(rows: int, depth: int, l2_bytes: int) -> tuple[list[int], int]:
+    """Row tiles of the NEON micro-kernel per row block: the choices (tile counts dividing the
+    rows' tiles) and the default, the largest block whose inputs (rows x depth floats) fit
+    half the L2. Each column tile's weights are read into L1 once per block and reused by all
+    its row tiles; blocks too few for the cores are spread over column tiles as well."""
+    tiles = -(-rows // neon_gemm.ROWS)  # rows are padded to whole tiles
+    choices = [d for d in divisors(tiles) if d <= 64]
+    fitting = [d for d in choices if d * neon_gemm.ROWS * depth * 4 <= l2_bytes // 2]
+    return choices, max(fitting) if fitting else 1
+
+
 L1_WAYS, LINE_BYTES = 4, 64  # Cortex-A17 L1D (and the estimate's simulated cache)
 
 
@@ -94,6 +106,15 @@ class GemmCpu(CpuHandRule):
             return False
         cpu = cpu_target(target)
         rows, columns, depth = (int(iv.dom.extent) for iv in sch.get(block).iter_vars)
+        if cpu.isa == "neon" and neon_gemm.fits(rows, columns, depth):
+            tiles_per_block, default_tiles = micro_row_blocks(rows, depth, cpu.l2_bytes)
+            neon_gemm.micro_kernel_tile(
+                sch, block, cpu.parallel_jobs, knob(sch, tiles_per_block, default_tiles, tunable), default_tiles,
+                column_block(columns, depth, neon_gemm.COLUMNS, cpu.l2_bytes),
+                default_tiles > 1 and panel_conflicts(columns, depth, cpu.l1_bytes))
+            if tunable:
+                mark_root_untouchable(sch)
+            return True
         lanes = vector_lanes(columns, cpu.lanes)
         row_choices, vector_choices, (default_rows, default_vectors) = register_tile_choices(
             rows, columns // lanes, cpu.vector_registers)

@@ -245,7 +245,7 @@ def register_tile(sch: s_tir.Schedule, block, rows: int | object, vectors: int |
         sch.vectorize(packed_lanes)
 
     accumulators = sch.cache_write(block, 0, "local")
-    for consumer in _elementwise_consumers(sch, accumulators):
+    for consumer in elementwise_consumers(sch, accumulators):
         sch.reverse_compute_inline(consumer)
     sch.reverse_compute_at(accumulators, anchor)
     # Vectorise while the block still has its init: once decomposed, the update block is
@@ -266,7 +266,7 @@ def register_tile(sch: s_tir.Schedule, block, rows: int | object, vectors: int |
     return accumulators
 
 
-def _elementwise_consumers(sch: s_tir.Schedule, block) -> list:
+def elementwise_consumers(sch: s_tir.Schedule, block) -> list:
     """The chain of blocks after `block` that can be inlined into its write (in order)."""
     chain, current = [], block
     while True:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # From the bottom up; a module may import from its own layer or the layers below it, never
 # from a layer above (deferred imports inside functions included).
 LAYERS = [
-    ("descriptions", {"errors", "outputs", "targets", "graph", "manifest", "fast_math", "tables", "input_contract"}),
+    ("descriptions", {"errors", "outputs", "neon_kernels", "targets", "graph", "manifest", "fast_math", "tables", "input_contract"}),
     ("model and weights", {"model", "checkpoint", "weights", "onnx_file"}),
     ("our ops", {"oversized"}),
     ("graph passes", {"frontend", "rewrite", "layout", "norm"}),

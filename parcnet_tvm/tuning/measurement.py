@@ -24,7 +24,7 @@ from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 
 from .. import board
 from ..errors import ParcnetError
-from ..targets import ARM_CXX, NamedTarget, host_cores, use_threads
+from ..targets import ARM_CXX, NamedTarget, arm_linker, host_cores, use_threads
 from .device import Device, device_for
 
 
@@ -97,10 +97,8 @@ class PooledBuilder(PyBuilder):
 def export_arm_artifact(mod) -> str:
     """Builder export for ARM trials: a shared library linked by the cross compiler (the board's
     RPC server loads .so files; it has no compiler to link MetaSchedule's default .tar)."""
-    from tvm.support import cc
-
     path = str(Path(tempfile.mkdtemp(prefix="parcnet-trial-")) / "trial.so")
-    mod.export_library(path, fcompile=cc.cross_compiler(ARM_CXX))
+    mod.export_library(path, fcompile=arm_linker(ARM_CXX))
     return path
 
 

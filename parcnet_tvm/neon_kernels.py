@@ -1,0 +1,45 @@
+"""Hand-written NEON kernels linked into every ARM library (`arm_kernels/*.cc`).
+
+TVM emits every kernel of a library but one thing: the GEMM micro-kernel
+(`arm_kernels/neon_sgemm.cc`), which our ARM GEMM schedule calls as an extern function
+(`schedules/neon_gemm.py`). Its object file is compiled once per source text by the same cross
+compiler that links the libraries, cached under build/neon-kernels/<sha>, and passed to every
+ARM link (a built library, a tuning trial).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+from . import outputs
+from .errors import ParcnetError
+
+SOURCES = sorted((Path(__file__).resolve().parent / "arm_kernels").glob("*.cc"))
+CACHE = Path(__file__).resolve().parents[1] / "build" / "neon-kernels"
+# The board's ISA: ARMv7-A with NEON and VFPv4, hard-float ABI (targets.ARM_CORTEX_A17).
+FLAGS = ["-O2", "-mcpu=cortex-a17", "-mfpu=neon-vfpv4", "-mfloat-abi=hard", "-marm", "-fPIC",
+         "-fno-exceptions", "-fno-rtti"]
+
+
+def objects(cxx: str) -> list[str]:
+    """The kernels' object files for the cross compiler `cxx`, compiled when not cached."""
+    key = hashlib.sha256()
+    for source in SOURCES:
+        key.update(source.name.encode() + b"\0" + source.read_bytes())
+    key.update(" ".join([cxx, *FLAGS]).encode())
+    folder = CACHE / key.hexdigest()[:16]
+    built = []
+    for source in SOURCES:
+        obj = folder / (source.stem + ".o")
+        if not obj.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            with outputs.replacing(obj) as (part,):
+                done = subprocess.run([cxx, *FLAGS, "-c", str(source), "-o", str(part)],
+                                      capture_output=True, text=True)
+                if done.returncode:
+                    raise ParcnetError(f"{cxx} could not compile {source.name}: "
+                                       f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+        built.append(str(obj))
+    return built
