@@ -21,11 +21,12 @@ of the op is the next step).
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from .graph import calls, ints
+from .graph import calls, const_value, ints
 
 CONV_LAYOUT = ["NHWC", "HWIO"]
 
@@ -57,6 +58,68 @@ def pointwise_convs_to_matmul(func: relax.Function) -> relax.Function:
         if bias_value is not None:
             product = relax.op.add(product, relax.op.reshape(bias_value, [out_channels]))
         return relax.op.reshape(product, [batch, height, width, out_channels])
+
+    def rewrite_with_bias(expr, matches):
+        bias_shape = ints(matches[bias].ty.shape)
+        if bias_shape[-1:] != ints(expr.ty.shape)[-1:] or any(d != 1 for d in bias_shape[:-1]):
+            return expr
+        replaced = replace(matches[conv], matches, matches[bias])
+        return expr if replaced is None else replaced
+
+    def rewrite_plain(expr, matches):
+        replaced = replace(expr, matches)
+        return expr if replaced is None else replaced
+
+    func = rewrite_call(with_bias, rewrite_with_bias, func)
+    return rewrite_call(conv, rewrite_plain, func)
+
+
+def _is_dense_nhwc(call: relax.Call) -> bool:
+    attrs = call.attrs
+    return (str(attrs.data_layout) == "NHWC" and str(attrs.kernel_layout) == "HWIO"
+            and str(attrs.out_layout) == "NHWC" and int(attrs.groups) == 1
+            and ints(attrs.dilation) == [1, 1] and call.ty.shape is not None
+            and isinstance(call.args[1], tvm.ir.expr.Constant) and not _is_pointwise_nhwc(call))
+
+
+def strided_convs_to_matmul(func: relax.Function, depth_multiple: int = 4) -> relax.Function:
+    """conv2d_KxK(x: NHWC, w: constant HWIO) [+ bias], groups 1 (the stem and downsampling
+    convs) -> im2col(x) @ w as a (K*K*I, O) matrix [+ bias], reshaped back to NHWO. im2col is
+    strided slices of the padded input, one per kernel tap, concatenated along channels (one
+    fused copy kernel); the reduction is padded with zero columns and zero weight rows to a
+    multiple of `depth_multiple`, so the ARM GEMM micro-kernel computes these convs too."""
+    data, bias = wildcard(), is_const()
+    conv = is_op("relax.nn.conv2d")(data, wildcard())
+    with_bias = is_op("relax.add")(conv, bias)
+
+    def im2col(call: relax.Call, x):
+        batch, out_h, out_w, _ = ints(call.ty.shape)
+        kernel_h, kernel_w, in_channels, _ = ints(call.args[1].ty.shape)
+        top, left, bottom, right = ints(call.attrs.padding)
+        stride_h, stride_w = ints(call.attrs.strides)
+        padded = relax.op.nn.pad(x, [0, 0, top, bottom, left, right, 0, 0]) if top + left + bottom + right else x
+        taps = [relax.op.strided_slice(padded, axes=[1, 2], begin=[kh, kw],
+                                       end=[kh + stride_h * (out_h - 1) + 1, kw + stride_w * (out_w - 1) + 1],
+                                       strides=[stride_h, stride_w])
+                for kh in range(kernel_h) for kw in range(kernel_w)]
+        depth = kernel_h * kernel_w * in_channels
+        extra = -depth % depth_multiple
+        if extra:
+            taps.append(relax.const(np.zeros((batch, out_h, out_w, extra), "float32")))
+        columns = relax.op.concat(taps, axis=3)
+        return relax.op.reshape(columns, [batch * out_h * out_w, depth + extra]), depth + extra
+
+    def replace(call, matches, bias_value=None):
+        if not _is_dense_nhwc(call):
+            return None
+        batch, out_h, out_w, out_channels = ints(call.ty.shape)
+        tokens, depth = im2col(call, matches[data])
+        kernel = const_value(call.args[1]).reshape(-1, out_channels)
+        kernel = np.concatenate([kernel, np.zeros((depth - kernel.shape[0], out_channels), kernel.dtype)])
+        product = relax.op.matmul(tokens, relax.const(kernel))
+        if bias_value is not None:
+            product = relax.op.add(product, relax.op.reshape(bias_value, [out_channels]))
+        return relax.op.reshape(product, [batch, out_h, out_w, out_channels])
 
     def rewrite_with_bias(expr, matches):
         bias_shape = ints(matches[bias].ty.shape)
@@ -146,14 +209,17 @@ def adds_into_gemm_epilogues(func: relax.Function) -> relax.Function:
     return rewrite_call(pattern, rewriter, func)
 
 
-def to_channels_last(mod: tvm.IRModule, func_name: str = "main") -> tvm.IRModule:
+def to_channels_last(mod: tvm.IRModule, func_name: str = "main", strided_convs_as_gemms: bool = False) -> tvm.IRModule:
     """The steps above, then constant folding (the kernels' new layouts are computed
-    once, here) and dead-code removal."""
+    once, here) and dead-code removal. `strided_convs_as_gemms` (ARM): the other dense
+    convs too, through im2col (`strided_convs_to_matmul`)."""
     mod = relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUT})(mod)
     mod = relax.transform.CanonicalizeBindings()(mod)
-    mod = relax.transform.FoldConstant()(mod)  # biases become plain (1, 1, 1, C) constants
+    mod = relax.transform.FoldConstant()(mod)  # biases and HWIO kernels become plain constants
     func = mod[func_name]
     func = pointwise_convs_to_matmul(func)
+    if strided_convs_as_gemms:
+        func = strided_convs_to_matmul(func)
     for step in (fold_transposes, adds_into_gemm_epilogues, transposes_after_elementwise,
                  fold_transposes, fold_transposes):  # composing can expose another pair
         func = step(func)

@@ -86,6 +86,14 @@ def to_channels_last_pass(mod, _ctx):
     return _reported(mod, transposes_left=count_transposes(mod))
 
 
+@tvm.transform.module_pass(opt_level=0, name="ToChannelsLastConvsAsGemms")
+def to_channels_last_gemms_pass(mod, _ctx):
+    """ARM: as ToChannelsLast, and the stem and downsampling convs as GEMMs too (im2col), so
+    that every dense conv runs on the NEON GEMM micro-kernel."""
+    mod = to_channels_last(mod, strided_convs_as_gemms=True)
+    return _reported(mod, transposes_left=count_transposes(mod))
+
+
 @tvm.transform.module_pass(opt_level=0, name="FuseLayerNormGeneral")
 def fuse_layer_norms_pass(mod, _ctx):
     """Each LayerNormGeneral chain (eight Relax ops) as one op."""
@@ -135,7 +143,7 @@ def cpu_graph_passes(named: NamedTarget, options: PipelineOptions) -> list:
     return [
         *([RewriteOversizedConvs(options.oversized_algo, "arm" if named.name == "arm" else "llvm")]
           if options.custom_op else []),
-        to_channels_last_pass,
+        to_channels_last_gemms_pass if named.name == "arm" else to_channels_last_pass,
         fuse_layer_norms_pass,
         *legalize_and_fuse("llvm", options.exact_math),
     ]

@@ -31,6 +31,7 @@ from . import outputs
 from .errors import ParcnetError
 from .log_lock import held_by_this_process, locked
 from .manifest import artifact_name
+from .schedules import register_tensor_intrinsics
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -338,5 +339,6 @@ def apply_database(mod, named_target, work_dirs, log=print):
         check_log_target(work_dir, named_target, log)
     databases = [open_database(d, log=log) for d in dirs]
     database = databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
+    register_tensor_intrinsics(mod)  # the records' traces name our micro-kernels' intrinsics
     with named_target.target, database:
         return relax.transform.MetaScheduleApplyDatabase()(mod)

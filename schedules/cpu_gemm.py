@@ -72,15 +72,23 @@ def row_block(rows: int, row_choices: list[int], column_tiles: int, parallel_job
     return unit
 
 
-def micro_row_blocks(rows: int, depth: int, l2_bytes: int) -> tuple[list[int], int]:
+def micro_row_blocks(rows: int, columns: int, depth: int, cpu) -> tuple[list[int], int]:
     """Row tiles of the NEON micro-kernel per row block: the choices (tile counts dividing the
-    rows' tiles) and the default, the largest block whose inputs (rows x depth floats) fit
-    half the L2. Each column tile's weights are read into L1 once per block and reused by all
-    its row tiles; blocks too few for the cores are spread over column tiles as well."""
-    tiles = -(-rows // neon_gemm.ROWS)  # rows are padded to whole tiles
-    choices = [d for d in divisors(tiles) if d <= 64]
-    fitting = [d for d in choices if d * neon_gemm.ROWS * depth * 4 <= l2_bytes // 2]
-    return choices, max(fitting) if fitting else 1
+    rows' tiles) and the default. A block's rows are walked by every column tile with that
+    tile's weights (depth x 8) in L1, so the larger the block, the fewer times the weights are
+    read (and copied, where they alias L1 sets). Where the column tiles alone give the cores
+    enough chunks, a block holds the most rows whose inputs fit 3/4 of the L2 the cores share
+    (the threads walk the same rows at once; the weights take the rest); else the rows are
+    split into enough blocks."""
+    tiles = -(-rows // neon_gemm.TILE_ROWS)  # rows are padded to whole tiles
+    choices = divisors(tiles)
+    row_bytes = neon_gemm.TILE_ROWS * depth * 4
+    fitting = [d for d in choices if d * row_bytes <= cpu.l2_bytes * cpu.cores * 3 // 4] or [1]
+    column_tiles = columns // neon_gemm.COLUMNS
+    if column_tiles < cpu.parallel_jobs:
+        needed = -(-cpu.parallel_jobs // column_tiles)  # row blocks for enough chunks
+        fitting = [d for d in fitting if tiles // d >= needed] or [1]
+    return choices, max(fitting)
 
 
 L1_WAYS, LINE_BYTES = 4, 64  # Cortex-A17 L1D (and the estimate's simulated cache)
@@ -107,11 +115,11 @@ class GemmCpu(CpuHandRule):
         cpu = cpu_target(target)
         rows, columns, depth = (int(iv.dom.extent) for iv in sch.get(block).iter_vars)
         if cpu.isa == "neon" and neon_gemm.fits(rows, columns, depth):
-            tiles_per_block, default_tiles = micro_row_blocks(rows, depth, cpu.l2_bytes)
+            tiles_per_block, default_tiles = micro_row_blocks(rows, columns, depth, cpu)
             neon_gemm.micro_kernel_tile(
                 sch, block, cpu.parallel_jobs, knob(sch, tiles_per_block, default_tiles, tunable), default_tiles,
-                column_block(columns, depth, neon_gemm.COLUMNS, cpu.l2_bytes),
-                default_tiles > 1 and panel_conflicts(columns, depth, cpu.l1_bytes))
+                # a copied panel (2 memory operations per weight) pays for itself over 8 row tiles
+                default_tiles >= 8 and panel_conflicts(columns, depth, cpu.l1_bytes))
             if tunable:
                 mark_root_untouchable(sch)
             return True

@@ -1,11 +1,13 @@
 """ARM GEMMs on our NEON micro-kernel (parcnet_tvm/arm_kernels/neon_sgemm.cc).
 
-The micro-kernel computes one 4 x 8 output tile over the whole reduction with ARMv7's by-lane
-multiply-add, which LLVM does not emit for TVM's loops (see the kernel's header). Here the
-GEMM is tiled as on every CPU (parallel row blocks, a column tile's weights reused from L1
-across the row tiles of a block, panels copied where their rows alias few L1 sets), and the
-innermost 4 x 8 x K nest of each tile is tensorized into a call of the kernel. The fused ops
-after the GEMM are applied when the tile is written back from its 4 x 8 stack buffer.
+The micro-kernel computes one 6 x 8 output tile over the whole reduction with ARMv7's by-lane
+multiply-add, which LLVM does not emit for TVM's loops (see the kernel's header), from the
+tile's 6 input rows packed side by side (K x 6 floats). Here the GEMM's rows are padded to
+whole tiles and packed in one parallel pass, then tiled as on every CPU (a column tile's
+weights reused from L1 across the row tiles of a block, panels copied where their rows alias
+few L1 sets), and the innermost 6 x 8 x K nest of each tile is tensorized into a call of the
+kernel. The fused ops after the GEMM are applied when the tile is written back from its
+6 x 8 stack buffer (only the real rows are written).
 
 The tensor intrinsic depends on K (TIR descriptions have static extents): one is registered
 per depth and weight-buffer scope, on first use; `register_intrinsics(mod)` registers the ones
@@ -18,10 +20,10 @@ from tvm import s_tir, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from .cpu_tiling import elementwise_consumers, parallel_elementwise
+from .cpu_tiling import elementwise_consumers
 
-ROWS, COLUMNS, DEPTH_STEP = 4, 8, 4  # the kernel's tile, and the reduction step it needs
-SYMBOL = "parcnet_sgemm_4x8"
+TILE_ROWS, COLUMNS, DEPTH_STEP = 6, 8, 4  # the kernel's tile; the reduction step packing reads
+SYMBOL = "parcnet_sgemm_6x8_packed"
 _REGISTERED: set[str] = set()
 
 
@@ -34,7 +36,7 @@ def fits(rows: int, columns: int, depth: int) -> bool:
 def intrinsic(depth: int, weights_scope: str) -> str:
     """The name of the tensor intrinsic for reductions of `depth`, weights in `weights_scope`
     (global, or local for a copied panel), registered on first use."""
-    name = f"parcnet_neon_sgemm_4x8_k{depth}_{weights_scope}"
+    name = f"parcnet_neon_sgemm_6x8_k{depth}_{weights_scope}"
     if name not in _REGISTERED:
         TensorIntrin.register(name, *_functions(depth, weights_scope), override=True)
         _REGISTERED.add(name)
@@ -42,37 +44,38 @@ def intrinsic(depth: int, weights_scope: str) -> str:
 
 
 def _functions(depth: int, weights_scope: str):
+    rows = TILE_ROWS
+
     @T.prim_func(s_tir=True)
     def description(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (ROWS, depth), "float32", offset_factor=1)
+        A = T.match_buffer(a, (1, depth, rows), "float32", offset_factor=1)
         B = T.match_buffer(b, (depth, COLUMNS), "float32", offset_factor=1, scope=weights_scope)
-        C = T.match_buffer(c, (ROWS, COLUMNS), "float32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (rows, COLUMNS), "float32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[0:ROWS, 0:COLUMNS], A[0:ROWS, 0:depth], B[0:depth, 0:COLUMNS])
-            T.writes(C[0:ROWS, 0:COLUMNS])
-            for i, j, k in T.grid(ROWS, COLUMNS, depth):
+            T.reads(C[0:rows, 0:COLUMNS], A[0, 0:depth, 0:rows], B[0:depth, 0:COLUMNS])
+            T.writes(C[0:rows, 0:COLUMNS])
+            for i, j, k in T.grid(rows, COLUMNS, depth):
                 with T.sblock("update"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, k])
-                    C[vi, vj] = C[vi, vj] + A[vi, vk] * B[vk, vj]
+                    C[vi, vj] = C[vi, vj] + A[0, vk, vi] * B[vk, vj]
 
     @T.prim_func(s_tir=True)
     def implementation(a: T.handle, b: T.handle, c: T.handle) -> None:
-        lda = T.int32()
         ldb = T.int32()
         ldc = T.int32()
-        A = T.match_buffer(a, (ROWS, depth), "float32", offset_factor=1, strides=[lda, 1])
+        A = T.match_buffer(a, (1, depth, rows), "float32", offset_factor=1)
         B = T.match_buffer(b, (depth, COLUMNS), "float32", offset_factor=1, strides=[ldb, 1],
                            scope=weights_scope)
-        C = T.match_buffer(c, (ROWS, COLUMNS), "float32", offset_factor=1, strides=[ldc, 1],
+        C = T.match_buffer(c, (rows, COLUMNS), "float32", offset_factor=1, strides=[ldc, 1],
                            scope="local")
         with T.sblock("root"):
-            T.reads(C[0:ROWS, 0:COLUMNS], A[0:ROWS, 0:depth], B[0:depth, 0:COLUMNS])
-            T.writes(C[0:ROWS, 0:COLUMNS])
+            T.reads(C[0:rows, 0:COLUMNS], A[0, 0:depth, 0:rows], B[0:depth, 0:COLUMNS])
+            T.writes(C[0:rows, 0:COLUMNS])
             # The kernel takes 32-bit ints; the model's buffers index in int64 (and an i64
             # argument would take a register pair on ARM).
             T.evaluate(T.call_extern("int32", SYMBOL, C.access_ptr("rw"), T.Cast("int32", ldc),
-                                     A.access_ptr("r"), T.Cast("int32", lda), B.access_ptr("r"),
-                                     T.Cast("int32", ldb), T.int32(depth)))
+                                     A.access_ptr("r"), B.access_ptr("r"), T.Cast("int32", ldb),
+                                     T.int32(depth)))
 
     return description, implementation
 
@@ -103,36 +106,32 @@ def _reduction_extents(func) -> set[int]:
 
 
 def micro_kernel_tile(sch: s_tir.Schedule, block, parallel_jobs: int, tiles_per_block, default_tiles: int,
-                      col_block: int | None, pack_weights: bool) -> None:
+                      pack_weights: bool) -> None:
     """Tile the GEMM `block` (loops i, j, k; `fits` holds) onto the micro-kernel.
 
-    Loop order: parallel over (row blocks of `tiles_per_block` row tiles [, column tiles]),
-    then column tiles of 8, the row tiles of the block, and the 4 x 8 x K nest the kernel
-    computes. `default_tiles` (the knob's untuned value) decides whether the row blocks alone
-    give the cores `parallel_jobs` chunks. The accumulator tile lives in a 4 x 8 buffer that
-    the kernel reads and writes; its write-back applies the fused ops."""
+    Loop order: row blocks of `tiles_per_block` row tiles, column tiles of 8, the row tiles of
+    the block, and the 6 x 8 x K nest the kernel computes; parallel over the row blocks where
+    they alone give the cores `parallel_jobs` chunks (judged on `default_tiles`, the knob's
+    untuned value), else over (row block, column tile) pairs. The accumulator tile lives in a
+    6 x 8 stack buffer that the kernel reads and writes; its write-back applies the fused ops."""
+    tile_rows = TILE_ROWS
     i, j, k = sch.get_loops(block)
     depth, rows = int(sch.get(k).extent), int(sch.get(i).extent)
-    if rows % ROWS:
-        # Rows padded to whole tiles (7x7 maps: 49 -> 52): the input rows are copied with zeros
+    if rows % tile_rows:
+        # Rows padded to whole tiles (7x7 maps: 49 -> 54): the input rows are copied with zeros
         # below them, and only the real rows are written out.
-        sch.pad_einsum(block, [-(-rows // ROWS) * ROWS, int(sch.get(j).extent), depth])
+        sch.pad_einsum(block, [-(-rows // tile_rows) * tile_rows, int(sch.get(j).extent), depth])
         i, j, k = sch.get_loops(block)
-    row_tiles_total = int(sch.get(i).extent) // ROWS
-    outer = []
-    if col_block and col_block < int(sch.get(j).extent):
-        col_outer, j = sch.split(j, [None, col_block])
-        outer.append(col_outer)
-    row_outer, row_tiles, row_inner = sch.split(i, [None, tiles_per_block, ROWS])
+    _pack_rows(sch, block, tile_rows, padded=rows % tile_rows != 0)
+    row_tiles_total = int(sch.get(i).extent) // tile_rows
+    row_outer, row_tiles, row_inner = sch.split(i, [None, tiles_per_block, tile_rows])
     col_tiles, col_inner = sch.split(j, [None, COLUMNS])
-    sch.reorder(*outer, row_outer, col_tiles, row_tiles, row_inner, col_inner, k)
-    outer.append(row_outer)
-    blocks = row_tiles_total // default_tiles * (int(sch.get(outer[0]).extent) if len(outer) > 1 else 1)
-    if blocks < parallel_jobs:  # too few row blocks: spread the column tiles too
-        outer.append(col_tiles)
-    parallel_loop = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.reorder(row_outer, col_tiles, row_tiles, row_inner, col_inner, k)
+    if row_tiles_total // default_tiles >= parallel_jobs:
+        parallel_loop = column_loop = row_outer  # enough row blocks for the cores
+    else:  # the column tiles (of each row block) are the chunks
+        parallel_loop = column_loop = sch.fuse(row_outer, col_tiles)
     sch.parallel(parallel_loop)
-    column_loop = parallel_loop if outer[-1].same_as(col_tiles) else col_tiles
 
     weights_scope = "global"
     if pack_weights:
@@ -146,17 +145,19 @@ def micro_kernel_tile(sch: s_tir.Schedule, block, parallel_jobs: int, tiles_per_
 
     accumulators = sch.cache_write(block, 0, "local")
     consumers = elementwise_consumers(sch, accumulators)
-    if rows % ROWS:
-        # The fused ops go into the block that crops the padded rows, a pass of its own (inlined
-        # into the write-back, the crop's bound on the rows was lost and the padding written).
+    crop = None
+    if rows % tile_rows:
+        # The fused ops go into the block that crops the padded rows, computed right after each
+        # tile's write-back (inlined into the write-back, the crop's bound on the rows was lost
+        # and the padding written).
         crop, *consumers = consumers
-        for consumer in consumers:
-            sch.reverse_compute_inline(consumer)
-        parallel_elementwise(sch, crop, 4)
-        consumers = []
     for consumer in consumers:
         sch.reverse_compute_inline(consumer)
     sch.reverse_compute_at(accumulators, row_tiles)
+    if crop is not None:
+        sch.reverse_compute_at(crop, row_tiles)
+        sch.compute_inline(accumulators)  # the crop reads the tile from its stack buffer
+        accumulators = crop
     init = sch.decompose_reduction(block, row_inner)
     init_rows, init_cols = sch.get_loops(init)[-2:]
     sch.unroll(init_rows)
@@ -166,3 +167,17 @@ def micro_kernel_tile(sch: s_tir.Schedule, block, parallel_jobs: int, tiles_per_
     sch.unroll(write_rows)
     _, write_lanes = sch.split(write_cols, [None, 4])
     sch.vectorize(write_lanes)
+
+
+def _pack_rows(sch: s_tir.Schedule, block, tile_rows: int, padded: bool) -> None:
+    """Copy the GEMM's input rows into the packed layout the kernel reads (tiles, K, rows of a
+    tile), in one parallel pass before the GEMM: each row is read as vectors of 4 values."""
+    pack = sch.get_producers(block)[0] if padded else sch.cache_read(block, 0, "global")
+    sch.transform_layout(pack, ("write", 0), lambda r, k: (r // tile_rows, k, r % tile_rows))
+    r, k = sch.get_loops(pack)
+    tiles, row = sch.split(r, [None, tile_rows])
+    k_vectors, lanes = sch.split(k, [None, DEPTH_STEP])
+    sch.reorder(tiles, k_vectors, row, lanes)
+    sch.parallel(tiles)
+    sch.unroll(row)
+    sch.vectorize(lanes)

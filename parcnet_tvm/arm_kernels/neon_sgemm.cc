@@ -1,81 +1,65 @@
-// The NEON GEMM micro-kernel our ARM GEMM schedule calls (schedules/neon_gemm.py):
-//   C[0:4, 0:8] += A[0:4, 0:k] @ B[0:k, 0:8]   (fp32, row strides lda, ldb, ldc in floats)
+// The NEON GEMM micro-kernel our ARM GEMM schedule calls (schedules/neon_gemm.py).
 //
-// Why hand-written: the multiply-add ARMv7 has by lane (`vmla.f32 q, q, d[x]`) lets one loaded
-// vector of A feed four steps, but LLVM never emits it under TVM's fused FP contraction (it
-// makes `vdup` + `vfma` or a broadcast load per step). Here a step of 4 k reads 4 A vectors
-// (one per row, 4 consecutive k) and 4 B rows of 8 floats (one `vld1` each) for 32 vmla:
-// 1 load per 4 multiply-adds, against 3 per 4 in LLVM's 2x4 tile. The 8 accumulators,
-// 4 A vectors and 2 B rows in flight take all 16 q registers. Needs k % 4 == 0, k >= 4.
+// Why hand-written: ARMv7's multiply-accumulate by lane (`vmla.f32 q, q, d[x]`) lets one load
+// of A feed six rows' multiply-adds, but LLVM does not emit it for TVM's loops (under TVM's
+// fused FP contraction it makes `vdup` + `vfma`, or one broadcast load per value): its best
+// register tile (2 x 4 vectors) loaded 6 SIMD registers per 8 multiply-adds, this one loads
+// 2 per 12, and the RK3288 estimate prices a SIMD load at ~2.6 multiply-adds.
 #include <stdint.h>
 
+// C[0:6, 0:8] += A[0:6, 0:k] @ B[0:k, 0:8] with A packed: the 6 values of each k next to each
+// other (k x 6 floats, contiguous). A step of one k reads them (one `vld1` of 3 d registers)
+// and one B row of 8 floats for 12 vmla: 1 load per 6 multiply-adds. 12 accumulators, A's 3 d
+// registers and one B row take 15.5 of the 16 q registers. Needs k even, k >= 2.
 extern "C" __attribute__((visibility("default")))
-int32_t parcnet_sgemm_4x8(float* c, int32_t ldc, const float* a, int32_t lda, const float* b,
-                          int32_t ldb, int32_t k) {
-  const float* a1 = a + lda;
-  const float* a2 = a1 + lda;
-  const float* a3 = a2 + lda;
+int32_t parcnet_sgemm_6x8_packed(float* c, int32_t ldc, const float* a, const float* b, int32_t ldb,
+                                 int32_t k) {
   float* c1 = c + ldc;
   float* c2 = c1 + ldc;
   float* c3 = c2 + ldc;
-  int32_t steps = k >> 2;
+  float* c4 = c3 + ldc;
+  float* c5 = c4 + ldc;
+  int32_t steps = k >> 1;
   int32_t b_bytes = ldb * 4;
   if (steps <= 0) return 0;
+#define PARCNET_STEP_6X8                   \
+  "vld1.32 {d0-d2}, [%[a]]!\n"             \
+  "vld1.32 {d4-d7}, [%[b]], %[bs]\n"       \
+  "vmla.f32 q4, q2, d0[0]\n"               \
+  "vmla.f32 q5, q3, d0[0]\n"               \
+  "vmla.f32 q6, q2, d0[1]\n"               \
+  "vmla.f32 q7, q3, d0[1]\n"               \
+  "vmla.f32 q8, q2, d1[0]\n"               \
+  "vmla.f32 q9, q3, d1[0]\n"               \
+  "vmla.f32 q10, q2, d1[1]\n"              \
+  "vmla.f32 q11, q3, d1[1]\n"              \
+  "vmla.f32 q12, q2, d2[0]\n"              \
+  "vmla.f32 q13, q3, d2[0]\n"              \
+  "vmla.f32 q14, q2, d2[1]\n"              \
+  "vmla.f32 q15, q3, d2[1]\n"
   asm volatile(
-      "vld1.32 {d16-d19}, [%[c0]]\n"
-      "vld1.32 {d20-d23}, [%[c1]]\n"
-      "vld1.32 {d24-d27}, [%[c2]]\n"
-      "vld1.32 {d28-d31}, [%[c3]]\n"
+      "vld1.32 {d8-d11}, [%[c0]]\n"
+      "vld1.32 {d12-d15}, [%[c1]]\n"
+      "vld1.32 {d16-d19}, [%[c2]]\n"
+      "vld1.32 {d20-d23}, [%[c3]]\n"
+      "vld1.32 {d24-d27}, [%[c4]]\n"
+      "vld1.32 {d28-d31}, [%[c5]]\n"
       "1:\n"
-      "vld1.32 {d0-d1}, [%[a0]]!\n"
-      "vld1.32 {d2-d3}, [%[a1]]!\n"
-      "vld1.32 {d4-d5}, [%[a2]]!\n"
-      "vld1.32 {d6-d7}, [%[a3]]!\n"
-      "vld1.32 {d8-d11}, [%[b]], %[bs]\n"
-      "vld1.32 {d12-d15}, [%[b]], %[bs]\n"
-      "vmla.f32 q8, q4, d0[0]\n"
-      "vmla.f32 q9, q5, d0[0]\n"
-      "vmla.f32 q10, q4, d2[0]\n"
-      "vmla.f32 q11, q5, d2[0]\n"
-      "vmla.f32 q12, q4, d4[0]\n"
-      "vmla.f32 q13, q5, d4[0]\n"
-      "vmla.f32 q14, q4, d6[0]\n"
-      "vmla.f32 q15, q5, d6[0]\n"
-      "vld1.32 {d8-d11}, [%[b]], %[bs]\n"
-      "vmla.f32 q8, q6, d0[1]\n"
-      "vmla.f32 q9, q7, d0[1]\n"
-      "vmla.f32 q10, q6, d2[1]\n"
-      "vmla.f32 q11, q7, d2[1]\n"
-      "vmla.f32 q12, q6, d4[1]\n"
-      "vmla.f32 q13, q7, d4[1]\n"
-      "vmla.f32 q14, q6, d6[1]\n"
-      "vmla.f32 q15, q7, d6[1]\n"
-      "vld1.32 {d12-d15}, [%[b]], %[bs]\n"
-      "vmla.f32 q8, q4, d1[0]\n"
-      "vmla.f32 q9, q5, d1[0]\n"
-      "vmla.f32 q10, q4, d3[0]\n"
-      "vmla.f32 q11, q5, d3[0]\n"
-      "vmla.f32 q12, q4, d5[0]\n"
-      "vmla.f32 q13, q5, d5[0]\n"
-      "vmla.f32 q14, q4, d7[0]\n"
-      "vmla.f32 q15, q5, d7[0]\n"
-      "vmla.f32 q8, q6, d1[1]\n"
-      "vmla.f32 q9, q7, d1[1]\n"
-      "vmla.f32 q10, q6, d3[1]\n"
-      "vmla.f32 q11, q7, d3[1]\n"
-      "vmla.f32 q12, q6, d5[1]\n"
-      "vmla.f32 q13, q7, d5[1]\n"
-      "vmla.f32 q14, q6, d7[1]\n"
-      "vmla.f32 q15, q7, d7[1]\n"
+      PARCNET_STEP_6X8
+      PARCNET_STEP_6X8
       "subs %[n], %[n], #1\n"
       "bne 1b\n"
-      "vst1.32 {d16-d19}, [%[c0]]\n"
-      "vst1.32 {d20-d23}, [%[c1]]\n"
-      "vst1.32 {d24-d27}, [%[c2]]\n"
-      "vst1.32 {d28-d31}, [%[c3]]\n"
-      : [a0] "+r"(a), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [b] "+r"(b), [n] "+r"(steps)
-      : [c0] "r"(c), [c1] "r"(c1), [c2] "r"(c2), [c3] "r"(c3), [bs] "r"(b_bytes)
+      "vst1.32 {d8-d11}, [%[c0]]\n"
+      "vst1.32 {d12-d15}, [%[c1]]\n"
+      "vst1.32 {d16-d19}, [%[c2]]\n"
+      "vst1.32 {d20-d23}, [%[c3]]\n"
+      "vst1.32 {d24-d27}, [%[c4]]\n"
+      "vst1.32 {d28-d31}, [%[c5]]\n"
+      : [a] "+r"(a), [b] "+r"(b), [n] "+r"(steps)
+      : [c0] "r"(c), [c1] "r"(c1), [c2] "r"(c2), [c3] "r"(c3), [c4] "r"(c4), [c5] "r"(c5),
+        [bs] "r"(b_bytes)
       : "cc", "memory", "q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "q9", "q10", "q11",
         "q12", "q13", "q14", "q15");
+#undef PARCNET_STEP_6X8
   return 0;
 }
