@@ -140,3 +140,60 @@ def test_x86_gemm_keeps_row_tiles_outermost(fused_xt):
     scheduled, used = schedule_kernels(fused_xt, named("avx2").target)
     for kernel in used["cpu_gemm"]:
         assert "param_0_local" not in scheduled[kernel].script()
+
+
+def _gemm_with_bias(rows: int, columns: int, depth: int):
+    from tvm import te
+
+    a, b = te.placeholder((rows, depth), name="A"), te.placeholder((depth, columns), name="B")
+    bias = te.placeholder((columns,), name="bias")
+    k = te.reduce_axis((0, depth), name="k")
+    product = te.compute((rows, columns), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="matmul")
+    out = te.compute((rows, columns), lambda i, j: product[i, j] + bias[j], name="T_add")
+    return te.create_prim_func([a, b, bias, out])
+
+
+def test_neon_gemm_row_blocks_follow_the_shared_l2_and_the_cores():
+    from parcnet_tvm.schedules.cpu_gemm import micro_row_blocks
+
+    neon = cpu_target(named("neon").target)  # 4 cores, 4 x 256 KiB of L2 shared
+    assert micro_row_blocks(196, 320, 320, neon)[1] == 33      # T stage 3: all 198 padded rows
+    assert micro_row_blocks(196, 320, 1152, neon)[1] == 11     # 3/4 of the L2 holds 66 rows of 1152
+    choices, tiles = micro_row_blocks(3136, 64, 64, neon)      # 8 column tiles: 2+ row blocks
+    assert 523 // tiles >= 2 and tiles in choices
+
+
+@pytest.mark.usefixtures("runtime")
+def test_neon_gemm_micro_kernel_matches_numpy_on_the_emulated_board(tmp_path):
+    """GEMMs on our NEON micro-kernel, run on the emulated board: rows padded to whole tiles
+    (49 rows: only the real rows written, the bias fused), copied weight panels (rows 960 floats
+    apart alias few L1 sets), a reduction of 148 (the stem's im2col) and a single row."""
+    from tvm import s_tir
+
+    from parcnet_tvm import board
+    from parcnet_tvm.schedules.cpu_gemm import GemmCpu
+    from parcnet_tvm.targets import arm_linker
+
+    arm = named("neon")
+    shapes = [(49, 64, 148), (196, 960, 192), (1, 1000, 64)]
+    libraries = []
+    for rows, columns, depth in shapes:
+        sch = s_tir.Schedule(_gemm_with_bias(rows, columns, depth))
+        assert GemmCpu().schedule(sch, arm.target, False)
+        script = sch.mod.script()
+        assert "parcnet_sgemm_6x8_packed" in script
+        assert rows != 49 or "< 49)" in script  # the write-back of the last tile skips its padding
+        libraries.append(tmp_path / f"gemm_{rows}_{columns}_{depth}.so")
+        tvm.compile(sch.mod, target=arm.target).export_library(str(libraries[-1]), fcompile=arm_linker())
+    rng = np.random.default_rng(0)
+    with board.emulated_board(log=lambda *_: None) as tracker:
+        session = board.connect(tracker, board.EMULATED_KEY, None)
+        device = session.cpu(0)
+        for (rows, columns, depth), library in zip(shapes, libraries):
+            session.upload(str(library))
+            kernel = session.load_module(library.name)["main"]
+            a, b = rng.standard_normal((rows, depth), "float32"), rng.standard_normal((depth, columns), "float32")
+            bias = rng.standard_normal(columns, "float32")
+            out = tvm.runtime.tensor(np.full((rows, columns), np.nan, "float32"), device)
+            kernel(*(tvm.runtime.tensor(x, device) for x in (a, b, bias)), out)
+            np.testing.assert_allclose(out.numpy(), a @ b + bias, rtol=1e-4, atol=1e-4)
