@@ -93,16 +93,10 @@ def register_intrinsics(mod) -> None:
 
 
 def _reduction_extents(func) -> set[int]:
-    found = set()
-
-    def visit(node):
-        if isinstance(node, tirx.SBlock):
-            for iv in node.iter_vars:
-                if iv.iter_type == 2 and isinstance(iv.dom.extent, tirx.IntImm):
-                    found.add(int(iv.dom.extent))
-
-    tirx.stmt_functor.post_order_visit(func.body, visit)
-    return found
+    """The extents of the reductions in `func`'s blocks (unscheduled: blocks under the root)."""
+    sch = s_tir.Schedule(func)
+    return {int(iv.dom.extent) for block in sch.get_child_blocks(sch.get_sblock("root"))
+            for iv in sch.get(block).iter_vars if iv.iter_type == 2 and isinstance(iv.dom.extent, tirx.IntImm)}
 
 
 def micro_kernel_tile(sch: s_tir.Schedule, block, parallel_jobs: int, tiles_per_block, default_tiles: int,
