@@ -31,7 +31,7 @@ from . import outputs
 from .errors import ParcnetError
 from .log_lock import held_by_this_process, locked
 from .manifest import artifact_name
-from .schedules import register_tensor_intrinsics
+from .schedules import register_intrinsics_named_in
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -192,6 +192,8 @@ def open_database(work_dir, create: bool = False, log=print) -> ms.database.JSON
 
 def _load(work_dir: Path, create: bool, log) -> ms.database.JSONDatabase:
     check_and_repair(work_dir, log)
+    if (work_dir / RECORD_FILE).exists():  # loading replays every trace: its intrinsics first
+        register_intrinsics_named_in((work_dir / RECORD_FILE).read_text(errors="replace"))
     for attempt in range(2):
         try:
             return ms.database.JSONDatabase(str(work_dir / WORKLOAD_FILE), str(work_dir / RECORD_FILE),
@@ -339,6 +341,5 @@ def apply_database(mod, named_target, work_dirs, log=print):
         check_log_target(work_dir, named_target, log)
     databases = [open_database(d, log=log) for d in dirs]
     database = databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
-    register_tensor_intrinsics(mod)  # the records' traces name our micro-kernels' intrinsics
     with named_target.target, database:
         return relax.transform.MetaScheduleApplyDatabase()(mod)

@@ -29,7 +29,7 @@ from .cuda_elementwise import ElementwiseCuda
 from .cuda_gemm import GemmCuda
 from .cuda_norm import LayerNormGeneralCuda, ReductionCuda
 from .cuda_oversized import OversizedConvCuda, cuda_passes
-from .neon_gemm import register_intrinsics as register_tensor_intrinsics
+from .neon_gemm import register_intrinsics_named_in
 
 OVERSIZED_ARM, OVERSIZED_X86, OVERSIZED_CUDA = OversizedConvArm(), OversizedConvX86(), OversizedConvCuda()
 # Tried in this order on every kernel not scheduled yet: our op, then one rule per op family,
@@ -151,7 +151,7 @@ __all__ = [
     "hand_rule_space",
     "op_passes",
     "register_metaschedule_rules",
-    "register_tensor_intrinsics",
+    "register_intrinsics_named_in",
     "rule_name",
     "rules_for",
     "schedule_kernels",

@@ -10,11 +10,13 @@ kernel. The fused ops after the GEMM are applied when the tile is written back f
 6 x 8 stack buffer (only the real rows are written).
 
 The tensor intrinsic depends on K (TIR descriptions have static extents): one is registered
-per depth and weight-buffer scope, on first use; `register_intrinsics(mod)` registers the ones
-a module's GEMMs need before a tuning database's traces are replayed on it.
+per depth and weight-buffer scope, on first use; `register_intrinsics_named_in` registers the
+ones a tuning log's records name before MetaSchedule replays them.
 """
 
 from __future__ import annotations
+
+import re
 
 from tvm import s_tir, tirx
 from tvm.s_tir import TensorIntrin
@@ -24,6 +26,8 @@ from .cpu_tiling import elementwise_consumers
 
 TILE_ROWS, COLUMNS, DEPTH_STEP = 6, 8, 4  # the kernel's tile; the reduction step packing reads
 SYMBOL = "parcnet_sgemm_6x8_packed"
+INTRINSIC_NAME = "parcnet_neon_sgemm_6x8_k{depth}_{scope}"
+_NAMED = re.compile(r"parcnet_neon_sgemm_6x8_k(\d+)_(global|local)")
 _REGISTERED: set[str] = set()
 
 
@@ -36,7 +40,7 @@ def fits(rows: int, columns: int, depth: int) -> bool:
 def intrinsic(depth: int, weights_scope: str) -> str:
     """The name of the tensor intrinsic for reductions of `depth`, weights in `weights_scope`
     (global, or local for a copied panel), registered on first use."""
-    name = f"parcnet_neon_sgemm_6x8_k{depth}_{weights_scope}"
+    name = INTRINSIC_NAME.format(depth=depth, scope=weights_scope)
     if name not in _REGISTERED:
         TensorIntrin.register(name, *_functions(depth, weights_scope), override=True)
         _REGISTERED.add(name)
@@ -80,23 +84,11 @@ def _functions(depth: int, weights_scope: str):
     return description, implementation
 
 
-def register_intrinsics(mod) -> None:
-    """Register the intrinsics every GEMM of `mod` could be tensorized with (a database's
-    traces name them; replaying one needs it registered in this process)."""
-    for _, func in mod.functions_items():
-        if not isinstance(func, tirx.PrimFunc):
-            continue
-        for depth in _reduction_extents(func):
-            if depth % DEPTH_STEP == 0:
-                for scope in ("global", "local"):
-                    intrinsic(depth, scope)
-
-
-def _reduction_extents(func) -> set[int]:
-    """The extents of the reductions in `func`'s blocks (unscheduled: blocks under the root)."""
-    sch = s_tir.Schedule(func)
-    return {int(iv.dom.extent) for block in sch.get_child_blocks(sch.get_sblock("root"))
-            for iv in sch.get(block).iter_vars if iv.iter_type == 2 and isinstance(iv.dom.extent, tirx.IntImm)}
+def register_intrinsics_named_in(text: str) -> None:
+    """Register the intrinsics a tuning log's records name (MetaSchedule replays each record's
+    trace when it loads the log, and a Tensorize step needs its intrinsic registered)."""
+    for depth, scope in set(_NAMED.findall(text)):
+        intrinsic(int(depth), scope)
 
 
 def micro_kernel_tile(sch: s_tir.Schedule, block, parallel_jobs: int, tiles_per_block, default_tiles: int,

@@ -219,3 +219,34 @@ def test_a_reader_never_repairs_a_log_being_written_but_reads_a_snapshot(log_bei
     assert len(database.get_all_tuning_records()) == whole
     assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before  # nothing rewritten or set aside
     assert messages == []  # a write in flight is not damage
+
+
+def test_a_log_with_our_arm_micro_kernel_loads_in_a_fresh_process(tmp_path):
+    """MetaSchedule replays every record's trace when it loads a log; an ARM GEMM's trace
+    tensorizes into our micro-kernel's intrinsic, which a new process has not registered yet
+    (it used to set such records aside as unloadable)."""
+    import subprocess
+    import sys
+
+    import tvm
+    from tvm import s_tir, te
+    from tvm.s_tir import meta_schedule as ms
+
+    from parcnet_tvm.schedules.cpu_gemm import GemmCpu
+
+    a, b = te.placeholder((49, 148), name="A"), te.placeholder((148, 64), name="B")
+    k = te.reduce_axis((0, 148), name="k")
+    gemm = te.compute((49, 64), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="matmul")
+    unscheduled = te.create_prim_func([a, b, gemm])
+    sch = s_tir.Schedule(unscheduled)
+    assert GemmCpu().schedule(sch, get_target("arm").target, False)
+    assert any(inst.kind.name == "Tensorize" for inst in sch.trace.insts)
+    database = ms.database.JSONDatabase(str(tmp_path / "database_workload.json"),
+                                        str(tmp_path / "database_tuning_record.json"), allow_missing=True)
+    workload = database.commit_workload(tvm.IRModule({"main": unscheduled}))
+    database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [0.001], get_target("arm").target))
+    load = ("from parcnet_tvm.tuning_log import open_database; "
+            f"print(len(open_database({str(tmp_path)!r}).get_all_tuning_records()))")
+    done = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stdout + done.stderr
+    assert "set aside" not in done.stdout + done.stderr

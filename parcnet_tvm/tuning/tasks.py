@@ -15,7 +15,7 @@ from tvm.s_tir.meta_schedule.utils import fork_seed
 from ..errors import ParcnetError
 from ..log_lock import writing
 from ..rewrite import PRIMFUNC_PREFIX
-from ..schedules import hand_rule_for, hand_rule_space, register_metaschedule_rules, register_tensor_intrinsics
+from ..schedules import hand_rule_for, hand_rule_space, register_metaschedule_rules
 from ..targets import NamedTarget, host_cores
 from ..tuning_log import copy_records, open_database, record_counts
 from .budget import TuneBudget, task_flops, task_trial_caps, write_budget_record
@@ -96,7 +96,6 @@ def tune_fused_module(fused: tvm.IRModule, named: NamedTarget, work_dir, budget:
         claim_work_dir(work_dir, measurement.device)
         database = open_database(work_dir, create=True, log=log)
         tasks = extract_tasks(fused, named, only) if tasks is None else tasks
-        register_tensor_intrinsics(fused)  # replayed traces name our micro-kernels' intrinsics
         summary = TuneSummary(work_dir=str(work_dir), tasks=len(tasks))
         warm = _warm_start(database, tasks, same_device_logs(warm_start, measurement.device, log), summary, log)
         plan = _plan(database, tasks, warm, budget, work_dir, summary, log)
