@@ -39,8 +39,17 @@ def schedule_conv_nhwc(sch: s_tir.Schedule, target: Target, tunable: bool, names
     row_choices, vector_choices, (default_rows, default_vectors) = register_tile_choices(
         width, channels // lanes, cpu.vector_registers, inputs_per_vector=int(depthwise))
     # Depth-wise: unroll the kernel's columns (neighbouring outputs then share input vectors)
-    # where the register file has room for them (32 registers; with 16 NEON spilled them).
+    # where the register file has room for them: 32 registers take the tile above. With 16
+    # (NEON) the tile is one channel vector of `rows` outputs whose kernel row (7 taps) is
+    # unrolled: rows + 6 input vectors, loaded once per kernel row and shared by the taps,
+    # rows accumulators and a weight vector must fit (rows <= 4 at 7 taps); the default
+    # tile above loaded an input vector per multiply-add.
     unroll = 2 if depthwise and cpu.vector_registers >= 32 else 0
+    if depthwise and cpu.isa == "neon":
+        taps = int(sch.get(sch.get_loops(conv)[-1]).extent)
+        fitting = [r for r in row_choices if 2 * r + taps - 1 + 1 <= cpu.vector_registers] or [1]
+        default_rows, default_vectors, vector_choices, unroll = max(fitting), 1, [1], 1
+        row_choices = fitting
     register_tile(sch, conv,
                   knob(sch, row_choices, default_rows, tunable),
                   knob(sch, vector_choices, default_vectors, tunable),

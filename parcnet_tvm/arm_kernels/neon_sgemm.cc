@@ -10,7 +10,8 @@
 // C[0:6, 0:8] += A[0:6, 0:k] @ B[0:k, 0:8] with A packed: the 6 values of each k next to each
 // other (k x 6 floats, contiguous). A step of one k reads them (one `vld1` of 3 d registers)
 // and one B row of 8 floats for 12 vmla: 1 load per 6 multiply-adds. 12 accumulators, A's 3 d
-// registers and one B row take 15.5 of the 16 q registers. Needs k even, k >= 2.
+// registers and one B row take 15.5 of the 16 q registers. Four steps per loop iteration:
+// needs k % 4 == 0, k >= 4 (the schedule pads nothing in k: it uses the kernel only then).
 extern "C" __attribute__((visibility("default")))
 int32_t parcnet_sgemm_6x8_packed(float* c, int32_t ldc, const float* a, const float* b, int32_t ldb,
                                  int32_t k) {
@@ -19,7 +20,7 @@ int32_t parcnet_sgemm_6x8_packed(float* c, int32_t ldc, const float* a, const fl
   float* c3 = c2 + ldc;
   float* c4 = c3 + ldc;
   float* c5 = c4 + ldc;
-  int32_t steps = k >> 1;
+  int32_t steps = k >> 2;
   int32_t b_bytes = ldb * 4;
   if (steps <= 0) return 0;
 #define PARCNET_STEP_6X8                   \
@@ -45,6 +46,8 @@ int32_t parcnet_sgemm_6x8_packed(float* c, int32_t ldc, const float* a, const fl
       "vld1.32 {d24-d27}, [%[c4]]\n"
       "vld1.32 {d28-d31}, [%[c5]]\n"
       "1:\n"
+      PARCNET_STEP_6X8
+      PARCNET_STEP_6X8
       PARCNET_STEP_6X8
       PARCNET_STEP_6X8
       "subs %[n], %[n], #1\n"
