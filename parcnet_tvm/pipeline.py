@@ -211,11 +211,30 @@ def lower(prepared: tvm.IRModule, named: NamedTarget, options: PipelineOptions |
 
 def planned_bytes(lowered: tvm.IRModule, func_name: str = "main") -> int:
     """Bytes of the storage `func_name` allocates after memory planning: its activations and
-    workspaces (planned storage is reused across the graph; the output lives in it too)."""
+    workspaces (planned storage is reused across the graph; the output lives in it too), plus
+    the largest scratch memory one kernel allocates for itself (the ARM GEMMs' packed rows;
+    kernels run one at a time, and the runtime's workspace pool reuses it)."""
     from .graph import calls
 
     storages = calls(lowered[func_name], "relax.vm.alloc_storage")  # sizes in bytes, fixed shapes
-    return sum(int(call.args[0].values[0]) for call in storages)
+    return sum(int(call.args[0].values[0]) for call in storages) + kernel_scratch_bytes(lowered)
+
+
+def kernel_scratch_bytes(lowered: tvm.IRModule) -> int:
+    """The most bytes of global (heap) buffers any one kernel allocates in its root block."""
+    largest = 0
+    for _, func in lowered.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc) and isinstance(func.body, tvm.s_tir.SBlockRealize):
+            buffers = [b for b in func.body.block.alloc_buffers if b.scope() == "global"]
+            largest = max(largest, sum(b.dtype.bits // 8 * _elements(b) for b in buffers))
+    return largest
+
+
+def _elements(buffer) -> int:
+    count = 1
+    for extent in buffer.shape:
+        count *= int(extent)
+    return count
 
 
 def codegen(lowered: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None):

@@ -99,3 +99,35 @@ def test_every_target_runs_the_channels_last_graph():
         names = [g.name_hint for g in fused_module(mod, get_target(target)).get_global_vars()]
         assert sum(n.startswith("layer_norm_general_") for n in names) == 4, target
         assert not [n for n in names if re.fullmatch(r"conv2d\d*", n)], target
+
+def test_arm_strided_convs_become_im2col_gemms_that_compute_the_same():
+    """ARM: the stem and downsampling convs become im2col + GEMM (the reduction padded with
+    zeros to a multiple of 4), and the rewritten graph computes what the convs computed."""
+    import numpy as np
+    import torch
+    import tvm
+
+    from parcnet_tvm.frontend import from_torch
+
+    class Convs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 7, stride=4, padding=3)      # depth 147 -> 148
+            self.down = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)     # depth 72
+
+        def forward(self, x):
+            return self.down(self.stem(x))
+
+    torch.manual_seed(0)
+    model, x = Convs().eval(), torch.randn(1, 3, 32, 32)
+    mod = from_torch(model, (1, 3, 32, 32))
+    plain, gemms = to_channels_last(mod), to_channels_last(mod, strided_convs_as_gemms=True)
+    assert len(calls(plain["main"], "relax.nn.conv2d")) == 2 and not calls(gemms["main"], "relax.nn.conv2d")
+    depths = sorted(int(c.args[1].ty.shape[0]) for c in calls(gemms["main"], "relax.matmul"))
+    assert depths == [72, 148]
+    outputs = []
+    for graph in (plain, gemms):
+        result = relax.VirtualMachine(tvm.compile(graph, target="llvm"), tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
+        outputs.append((result if hasattr(result, "numpy") else result[0]).numpy())
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+    np.testing.assert_allclose(outputs[1], model(x).detach().numpy(), atol=1e-4)

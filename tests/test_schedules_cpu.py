@@ -171,6 +171,7 @@ def test_neon_gemm_micro_kernel_matches_numpy_on_the_emulated_board(tmp_path):
     from tvm import s_tir
 
     from parcnet_tvm import board
+    from parcnet_tvm.pipeline import kernel_scratch_bytes
     from parcnet_tvm.schedules.cpu_gemm import GemmCpu
     from parcnet_tvm.targets import arm_linker
 
@@ -183,6 +184,8 @@ def test_neon_gemm_micro_kernel_matches_numpy_on_the_emulated_board(tmp_path):
         script = sch.mod.script()
         assert "parcnet_sgemm_6x8_packed" in script
         assert rows != 49 or "< 49)" in script  # the write-back of the last tile skips its padding
+        # the packed rows are scratch memory the footprint counts (rows padded to 6)
+        assert kernel_scratch_bytes(sch.mod) == -(-rows // 6) * 6 * depth * 4
         libraries.append(tmp_path / f"gemm_{rows}_{columns}_{depth}.so")
         tvm.compile(sch.mod, target=arm.target).export_library(str(libraries[-1]), fcompile=arm_linker())
     rng = np.random.default_rng(0)
