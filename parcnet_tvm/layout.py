@@ -40,38 +40,51 @@ def _is_pointwise_nhwc(call: relax.Call) -> bool:
             and ints(attrs.dilation) == [1, 1] and kernel is not None and ints(kernel)[:2] == [1, 1])
 
 
-def pointwise_convs_to_matmul(func: relax.Function) -> relax.Function:
-    """conv2d_1x1(x: NHWC, w: 11IO) [+ bias] -> reshape(x, (NHW, I)) @ reshape(w, (I, O)) [+ bias],
-    reshaped back to NHWO. The bias is added to the GEMM's (tokens, O) result, so that it
-    fuses into the GEMM as its epilogue (after a reshape it would not)."""
-    data, weight, bias = wildcard(), wildcard(), is_const()
-    conv = is_op("relax.nn.conv2d")(data, weight)
+def _convs_to_matmul(func: relax.Function, replace) -> relax.Function:
+    """Rewrite each conv2d [+ bias] with `replace(conv call, input, bias or None)`, which gives
+    the GEMM form or None (left as it is). The bias is added to the GEMM's (tokens, O) result,
+    so that it fuses into the GEMM as its epilogue (after a reshape it would not)."""
+    data, bias = wildcard(), is_const()
+    conv = is_op("relax.nn.conv2d")(data, wildcard())
     with_bias = is_op("relax.add")(conv, bias)
-
-    def replace(call, matches, bias_value=None):
-        if not _is_pointwise_nhwc(call) or call.ty.shape is None:
-            return None
-        batch, height, width, out_channels = ints(call.ty.shape)
-        in_channels = ints(matches[weight].ty.shape)[2]
-        tokens = relax.op.reshape(matches[data], [batch * height * width, in_channels])
-        product = relax.op.matmul(tokens, relax.op.reshape(matches[weight], [in_channels, out_channels]))
-        if bias_value is not None:
-            product = relax.op.add(product, relax.op.reshape(bias_value, [out_channels]))
-        return relax.op.reshape(product, [batch, height, width, out_channels])
 
     def rewrite_with_bias(expr, matches):
         bias_shape = ints(matches[bias].ty.shape)
         if bias_shape[-1:] != ints(expr.ty.shape)[-1:] or any(d != 1 for d in bias_shape[:-1]):
             return expr
-        replaced = replace(matches[conv], matches, matches[bias])
+        replaced = replace(matches[conv], matches[data], matches[bias])
         return expr if replaced is None else replaced
 
     def rewrite_plain(expr, matches):
-        replaced = replace(expr, matches)
+        replaced = replace(expr, matches[data], None)
         return expr if replaced is None else replaced
 
     func = rewrite_call(with_bias, rewrite_with_bias, func)
     return rewrite_call(conv, rewrite_plain, func)
+
+
+def _gemm_as_conv(tokens, weights, bias, output_shape: list[int]):
+    """tokens @ weights [+ bias], reshaped to the conv's NHWO output."""
+    product = relax.op.matmul(tokens, weights)
+    if bias is not None:
+        product = relax.op.add(product, relax.op.reshape(bias, output_shape[-1:]))
+    return relax.op.reshape(product, output_shape)
+
+
+def pointwise_convs_to_matmul(func: relax.Function) -> relax.Function:
+    """conv2d_1x1(x: NHWC, w: 11IO) [+ bias] -> reshape(x, (NHW, I)) @ reshape(w, (I, O)) [+ bias],
+    reshaped back to NHWO."""
+
+    def replace(call, data, bias):
+        if not _is_pointwise_nhwc(call) or call.ty.shape is None:
+            return None
+        batch, height, width, out_channels = ints(call.ty.shape)
+        in_channels = ints(call.args[1].ty.shape)[2]
+        tokens = relax.op.reshape(data, [batch * height * width, in_channels])
+        weights = relax.op.reshape(call.args[1], [in_channels, out_channels])
+        return _gemm_as_conv(tokens, weights, bias, ints(call.ty.shape))
+
+    return _convs_to_matmul(func, replace)
 
 
 def _is_dense_nhwc(call: relax.Call) -> bool:
@@ -88,9 +101,6 @@ def strided_convs_to_matmul(func: relax.Function, depth_multiple: int = 4) -> re
     strided slices of the padded input, one per kernel tap, concatenated along channels (one
     fused copy kernel); the reduction is padded with zero columns and zero weight rows to a
     multiple of `depth_multiple`, so the ARM GEMM micro-kernel computes these convs too."""
-    data, bias = wildcard(), is_const()
-    conv = is_op("relax.nn.conv2d")(data, wildcard())
-    with_bias = is_op("relax.add")(conv, bias)
 
     def im2col(call: relax.Call, x):
         batch, out_h, out_w, _ = ints(call.ty.shape)
@@ -109,31 +119,16 @@ def strided_convs_to_matmul(func: relax.Function, depth_multiple: int = 4) -> re
         columns = relax.op.concat(taps, axis=3)
         return relax.op.reshape(columns, [batch * out_h * out_w, depth + extra]), depth + extra
 
-    def replace(call, matches, bias_value=None):
+    def replace(call, data, bias):
         if not _is_dense_nhwc(call):
             return None
-        batch, out_h, out_w, out_channels = ints(call.ty.shape)
-        tokens, depth = im2col(call, matches[data])
+        out_channels = ints(call.ty.shape)[-1]
+        tokens, depth = im2col(call, data)
         kernel = const_value(call.args[1]).reshape(-1, out_channels)
         kernel = np.concatenate([kernel, np.zeros((depth - kernel.shape[0], out_channels), kernel.dtype)])
-        product = relax.op.matmul(tokens, relax.const(kernel))
-        if bias_value is not None:
-            product = relax.op.add(product, relax.op.reshape(bias_value, [out_channels]))
-        return relax.op.reshape(product, [batch, out_h, out_w, out_channels])
+        return _gemm_as_conv(tokens, relax.const(kernel), bias, ints(call.ty.shape))
 
-    def rewrite_with_bias(expr, matches):
-        bias_shape = ints(matches[bias].ty.shape)
-        if bias_shape[-1:] != ints(expr.ty.shape)[-1:] or any(d != 1 for d in bias_shape[:-1]):
-            return expr
-        replaced = replace(matches[conv], matches, matches[bias])
-        return expr if replaced is None else replaced
-
-    def rewrite_plain(expr, matches):
-        replaced = replace(expr, matches)
-        return expr if replaced is None else replaced
-
-    func = rewrite_call(with_bias, rewrite_with_bias, func)
-    return rewrite_call(conv, rewrite_plain, func)
+    return _convs_to_matmul(func, replace)
 
 
 def fold_transposes(func: relax.Function) -> relax.Function:
