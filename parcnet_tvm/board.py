@@ -153,12 +153,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_tracker(port: int) -> subprocess.Popen:
+def start_tracker(port: int, timeout: float = 30) -> subprocess.Popen:
     """TVM's RPC tracker on 127.0.0.1:port, in its own process group: it serves from a worker
-    process of its own, which killing the tracker alone would leave running. Stop it with stop()."""
-    return subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                             "--port", str(port), "--port-end", str(port + 1)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process of its own, which killing the tracker alone would leave running. Stop it with stop().
+    Returns once it accepts connections: a server started before that waits 5 s to retry."""
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                                "--port", str(port), "--port-end", str(port + 1)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and tracker.poll() is None:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return tracker
+        time.sleep(0.05)
+    stop(tracker)
+    raise ParcnetError(f"the local RPC tracker did not start on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
 def stop(process: subprocess.Popen) -> None:

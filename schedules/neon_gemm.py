@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from tvm import s_tir, tirx
+from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 

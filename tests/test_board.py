@@ -1,8 +1,6 @@
 """board.py: measuring trials on a board through RPC (a tracker, or a direct address)."""
 
-import contextlib
 import dataclasses
-import socket
 import subprocess
 import sys
 import threading
@@ -43,12 +41,7 @@ def board_pool(request):
     yields (tracker HOST:PORT, [(server process, its HOST:PORT)])."""
     count = getattr(request, "param", 1)
     port = free_port()
-    tracker = start_tracker(port)
-    for _ in range(100):  # servers started before the tracker listens wait 5 s to retry
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        time.sleep(0.1)
+    tracker = start_tracker(port)  # listening when it returns
     servers = [x86_server(port) for _ in range(count)]
     try:
         wait_for_servers("127.0.0.1", port, "test-board", count)
