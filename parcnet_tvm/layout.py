@@ -8,7 +8,9 @@ block and once more per stage. We run every convolution channels-last instead:
    elementwise ops, splits and reductions around them along;
 2. every 1x1 convolution becomes a plain GEMM (tokens x C_in) @ (C_in x C_out), the same
    form as the channel BGU's Linear layers: tuned, that form ran ~2x faster per FLOP than
-   the NCHW 1x1 conv here (T stage 3, 64 trials each: 226 vs 107 GFLOP/s);
+   the NCHW 1x1 conv here (T stage 3, 64 trials each: 226 vs 107 GFLOP/s); on ARM the stem
+   and downsampling convs become GEMMs too, over im2col patches, so that every dense conv
+   runs on the NEON GEMM micro-kernel;
 3. the residual adds move next to the GEMMs that produce their operand, so they fuse in as
    epilogues;
 4. a transpose after a sum moves onto the operand that needs it, and back-to-back

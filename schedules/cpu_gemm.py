@@ -6,7 +6,8 @@ untuned XT's time under the generic fallback. Each thread owns row tiles of the 
 tile is `rows x vectors` accumulator registers filled by one broadcast input scalar and
 `vectors` weight vectors per reduction step, and the fused ops are applied to the
 accumulators as they are written. Column blocks keep the weights a row tile walks (K x
-columns) within half the L2 cache.
+columns) within half the L2 cache. On NEON, GEMMs whose columns are whole 8s and whose depth is
+a multiple of 4 (all of ParCNetV2's) run on our micro-kernel instead (`neon_gemm.py`).
 """
 
 from __future__ import annotations
