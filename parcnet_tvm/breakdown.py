@@ -20,8 +20,9 @@ _SUFFIX = re.compile(r"\d+(?=(_|$))")
 
 
 def kernel_group(name: str) -> str:
-    """`fused_conv2d9_add12_multiply` -> `fused_conv2d_add_multiply`: one row per kind of kernel."""
-    return _SUFFIX.sub("", name)
+    """`fused_conv2d9_add12_multiply` -> `fused_conv2d_add_multiply`: one row per kind of kernel.
+    Our hand-written kernels (`parcnet_sgemm_6x8_packed`) keep their names."""
+    return name if name.startswith("parcnet_") else _SUFFIX.sub("", name)
 
 
 def _rows(times: dict, total_ms: float | None = None) -> list[dict]:

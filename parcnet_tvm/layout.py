@@ -97,12 +97,13 @@ def _is_dense_nhwc(call: relax.Call) -> bool:
             and isinstance(call.args[1], tvm.ir.expr.Constant) and not _is_pointwise_nhwc(call))
 
 
-def strided_convs_to_matmul(func: relax.Function, depth_multiple: int = 4) -> relax.Function:
+def strided_convs_to_matmul(func: relax.Function, depth_multiple: int) -> relax.Function:
     """conv2d_KxK(x: NHWC, w: constant HWIO) [+ bias], groups 1 (the stem and downsampling
     convs) -> im2col(x) @ w as a (K*K*I, O) matrix [+ bias], reshaped back to NHWO. im2col is
     strided slices of the padded input, one per kernel tap, concatenated along channels (one
     fused copy kernel); the reduction is padded with zero columns and zero weight rows to a
-    multiple of `depth_multiple`, so the ARM GEMM micro-kernel computes these convs too."""
+    multiple of `depth_multiple` (the ARM GEMM micro-kernel's reduction step), so that kernel
+    computes these convs too."""
 
     def im2col(call: relax.Call, x):
         batch, out_h, out_w, _ = ints(call.ty.shape)
@@ -206,17 +207,18 @@ def adds_into_gemm_epilogues(func: relax.Function) -> relax.Function:
     return rewrite_call(pattern, rewriter, func)
 
 
-def to_channels_last(mod: tvm.IRModule, func_name: str = "main", strided_convs_as_gemms: bool = False) -> tvm.IRModule:
+def to_channels_last(mod: tvm.IRModule, func_name: str = "main", im2col_depth_multiple: int | None = None) -> tvm.IRModule:
     """The steps above, then constant folding (the kernels' new layouts are computed
-    once, here) and dead-code removal. `strided_convs_as_gemms` (ARM): the other dense
-    convs too, through im2col (`strided_convs_to_matmul`)."""
+    once, here) and dead-code removal. `im2col_depth_multiple` (ARM): the other dense convs
+    become GEMMs too, through im2col, their reduction padded to that multiple
+    (`strided_convs_to_matmul`)."""
     mod = relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUT})(mod)
     mod = relax.transform.CanonicalizeBindings()(mod)
     mod = relax.transform.FoldConstant()(mod)  # biases and HWIO kernels become plain constants
     func = mod[func_name]
     func = pointwise_convs_to_matmul(func)
-    if strided_convs_as_gemms:
-        func = strided_convs_to_matmul(func)
+    if im2col_depth_multiple:
+        func = strided_convs_to_matmul(func, im2col_depth_multiple)
     for step in (fold_transposes, adds_into_gemm_epilogues, transposes_after_elementwise,
                  fold_transposes, fold_transposes):  # composing can expose another pair
         func = step(func)

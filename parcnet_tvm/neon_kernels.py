@@ -25,6 +25,9 @@ FLAGS = ["-O2", "-mcpu=cortex-a17", "-mfpu=neon-vfpv4", "-mfloat-abi=hard", "-ma
 
 def objects(cxx: str) -> list[str]:
     """The kernels' object files for the cross compiler `cxx`, compiled when not cached."""
+    if not SOURCES:  # an install without its package data: libraries would lack the kernels
+        raise ParcnetError(f"no NEON kernel sources in {Path(__file__).resolve().parent / 'arm_kernels'}: "
+                           "reinstall parcnet-tvm (pip install -e .)")
     key = hashlib.sha256()
     for source in SOURCES:
         key.update(source.name.encode() + b"\0" + source.read_bytes())
@@ -39,7 +42,13 @@ def objects(cxx: str) -> list[str]:
                 done = subprocess.run([cxx, *FLAGS, "-c", str(source), "-o", str(part)],
                                       capture_output=True, text=True)
                 if done.returncode:
-                    raise ParcnetError(f"{cxx} could not compile {source.name}: "
-                                       f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+                    raise ParcnetError(f"{cxx} could not compile {source.name}: {_first_error(done.stderr, done.returncode)}")
         built.append(str(obj))
     return built
+
+
+def _first_error(stderr: str, returncode: int) -> str:
+    """The compiler's first `error:` line (its last line is often a caret under the source)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    return (errors or lines or [f"exit status {returncode}"])[0]

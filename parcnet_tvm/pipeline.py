@@ -24,7 +24,7 @@ from .fast_math import legalize_map
 from .layout import count_transposes, to_channels_last
 from .norm import fuse_layer_norms
 from .rewrite import rewrite_oversized_convs
-from .schedules import FROM_DATABASE, op_passes, schedule_kernels
+from .schedules import FROM_DATABASE, neon_gemm, op_passes, schedule_kernels
 from .targets import NamedTarget
 from .tuning_log import apply_database
 
@@ -90,7 +90,7 @@ def to_channels_last_pass(mod, _ctx):
 def to_channels_last_gemms_pass(mod, _ctx):
     """ARM: as ToChannelsLast, and the stem and downsampling convs as GEMMs too (im2col), so
     that every dense conv runs on the NEON GEMM micro-kernel."""
-    mod = to_channels_last(mod, strided_convs_as_gemms=True)
+    mod = to_channels_last(mod, im2col_depth_multiple=neon_gemm.DEPTH_STEP)
     return _reported(mod, transposes_left=count_transposes(mod))
 
 

@@ -46,9 +46,9 @@ def schedule_conv_nhwc(sch: s_tir.Schedule, target: Target, tunable: bool, names
     # tile above loaded an input vector per multiply-add.
     unroll = 2 if depthwise and cpu.vector_registers >= 32 else 0
     if depthwise and cpu.isa == "neon":
-        taps = int(sch.get(sch.get_loops(conv)[-1]).extent)
+        taps = int(sch.get(sch.get_loops(conv)[-2]).extent)  # reductions: kernel rows, columns, 1 channel
         fitting = [r for r in row_choices if 2 * r + taps - 1 + 1 <= cpu.vector_registers] or [1]
-        default_rows, default_vectors, vector_choices, unroll = max(fitting), 1, [1], 1
+        default_rows, default_vectors, vector_choices, unroll = max(fitting), 1, [1], 2
         row_choices = fitting
     register_tile(sch, conv,
                   knob(sch, row_choices, default_rows, tunable),

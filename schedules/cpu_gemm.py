@@ -20,7 +20,7 @@ from tvm.target import Target
 from .common import divisors, knob, mark_root_untouchable
 from .cpu_target import CpuHandRule, cpu_target
 from . import neon_gemm
-from .cpu_tiling import register_tile, register_tile_choices, vector_lanes
+from .cpu_tiling import register_tile, register_tile_choices, vector_lanes, without_unit
 
 GEMM_BLOCKS = ("matmul", "T_matmul_NN")
 SCHEDULE_RULE = "cpu_gemm"
@@ -77,10 +77,10 @@ def micro_row_blocks(rows: int, columns: int, depth: int, cpu) -> tuple[list[int
     """Row tiles of the NEON micro-kernel per row block: the choices (tile counts dividing the
     rows' tiles) and the default. A block's rows are walked by every column tile with that
     tile's weights (depth x 8) in L1, so the larger the block, the fewer times the weights are
-    read (and copied, where they alias L1 sets). Where the column tiles alone give the cores
-    enough chunks, a block holds the most rows whose inputs fit 3/4 of the L2 the cores share
-    (the threads walk the same rows at once; the weights take the rest); else the rows are
-    split into enough blocks."""
+    read (and copied, where they alias L1 sets). The parallel chunks are (row block, column
+    tile) pairs. Where the column tiles alone give the cores enough of them, a block holds the
+    most rows whose inputs fit 3/4 of the L2 the cores share (the threads walk the same rows
+    at once; the weights take the rest); else the rows are split into enough blocks."""
     tiles = -(-rows // neon_gemm.TILE_ROWS)  # rows are padded to whole tiles
     choices = divisors(tiles)
     row_bytes = neon_gemm.TILE_ROWS * depth * 4
@@ -89,7 +89,7 @@ def micro_row_blocks(rows: int, columns: int, depth: int, cpu) -> tuple[list[int
     if column_tiles < cpu.parallel_jobs:
         needed = -(-cpu.parallel_jobs // column_tiles)  # row blocks for enough chunks
         fitting = [d for d in fitting if tiles // d >= needed] or [1]
-    return choices, max(fitting)
+    return without_unit(choices), max(fitting)
 
 
 L1_WAYS, LINE_BYTES = 4, 64  # Cortex-A17 L1D (and the estimate's simulated cache)
@@ -118,7 +118,7 @@ class GemmCpu(CpuHandRule):
         if cpu.isa == "neon" and neon_gemm.fits(rows, columns, depth):
             tiles_per_block, default_tiles = micro_row_blocks(rows, columns, depth, cpu)
             neon_gemm.micro_kernel_tile(
-                sch, block, cpu.parallel_jobs, knob(sch, tiles_per_block, default_tiles, tunable), default_tiles,
+                sch, block, knob(sch, tiles_per_block, default_tiles, tunable),
                 # a copied panel (2 memory operations per weight) pays for itself over 8 row tiles
                 default_tiles >= 8 and panel_conflicts(columns, depth, cpu.l1_bytes))
             if tunable:

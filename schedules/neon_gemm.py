@@ -91,14 +91,12 @@ def register_intrinsics_named_in(text: str) -> None:
         intrinsic(int(depth), scope)
 
 
-def micro_kernel_tile(sch: s_tir.Schedule, block, parallel_jobs: int, tiles_per_block, default_tiles: int,
-                      pack_weights: bool) -> None:
+def micro_kernel_tile(sch: s_tir.Schedule, block, tiles_per_block, pack_weights: bool) -> None:
     """Tile the GEMM `block` (loops i, j, k; `fits` holds) onto the micro-kernel.
 
-    Loop order: row blocks of `tiles_per_block` row tiles, column tiles of 8, the row tiles of
-    the block, and the 6 x 8 x K nest the kernel computes; parallel over the row blocks where
-    they alone give the cores `parallel_jobs` chunks (judged on `default_tiles`, the knob's
-    untuned value), else over (row block, column tile) pairs. The accumulator tile lives in a
+    Loop order: row blocks of `tiles_per_block` row tiles, column tiles of 8 (the two fused
+    into the parallel loop: each chunk is one column tile of one row block), the row tiles of
+    the block, and the 6 x 8 x K nest the kernel computes. The accumulator tile lives in a
     6 x 8 stack buffer that the kernel reads and writes; its write-back applies the fused ops."""
     tile_rows = TILE_ROWS
     i, j, k = sch.get_loops(block)
@@ -109,15 +107,11 @@ def micro_kernel_tile(sch: s_tir.Schedule, block, parallel_jobs: int, tiles_per_
         sch.pad_einsum(block, [-(-rows // tile_rows) * tile_rows, int(sch.get(j).extent), depth])
         i, j, k = sch.get_loops(block)
     _pack_rows(sch, block, tile_rows, padded=rows % tile_rows != 0)
-    row_tiles_total = int(sch.get(i).extent) // tile_rows
     row_outer, row_tiles, row_inner = sch.split(i, [None, tiles_per_block, tile_rows])
     col_tiles, col_inner = sch.split(j, [None, COLUMNS])
     sch.reorder(row_outer, col_tiles, row_tiles, row_inner, col_inner, k)
-    if row_tiles_total // default_tiles >= parallel_jobs:
-        parallel_loop = column_loop = row_outer  # enough row blocks for the cores
-    else:  # the column tiles (of each row block) are the chunks
-        parallel_loop = column_loop = sch.fuse(row_outer, col_tiles)
-    sch.parallel(parallel_loop)
+    column_loop = sch.fuse(row_outer, col_tiles)
+    sch.parallel(column_loop)
 
     weights_scope = "global"
     if pack_weights:

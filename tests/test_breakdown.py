@@ -39,5 +39,6 @@ def test_arm_library_gets_the_rk3288_estimate_per_kernel(xt_arm):
     assert 0 < result["end_to_end_ms_4t"] < result["end_to_end_ms"]
     assert any(name.startswith("fused_matmul") for name in rows) and any("oversized_conv" in n for n in rows)
     assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0, abs=1e-6)
-    gemms = sum(r["ms"] for name, r in rows.items() if name.startswith("fused_matmul"))
-    assert gemms > 0.3 * result["end_to_end_ms"]  # XT's 1x1 convs carry most of its MACs
+    # XT's 1x1 convs carry most of its MACs: on ARM in our micro-kernel, a row of its own
+    gemms = sum(r["ms"] for name, r in rows.items() if name.startswith(("fused_matmul", "parcnet_sgemm")))
+    assert rows["parcnet_sgemm_6x8_packed"]["ms"] > 0.5 * gemms > 0.15 * result["end_to_end_ms"]

@@ -4,7 +4,7 @@ from A32 and T32 alike, waiting left out, counts repeatable, kernels named."""
 import subprocess
 
 import pytest
-from support import needs_arm_toolchain
+from support import SMALL, needs_arm_toolchain
 
 from parcnet_tvm.counting import count_library, count_program
 
@@ -75,23 +75,33 @@ def test_counts_repeat_exactly_and_four_threads_share_the_work(xt_arm):
     assert max(t["neon_q_mac"] for t in four) < 0.4 * total
 
 
-def test_a_neon_gemm_kernel_executes_its_macs_as_q_register_fmas(xt_arm, fused_xt):
-    """Each GEMM of ours (schedules/cpu_gemm.py on NEON) runs MACs / 4 q-register
-    multiply-accumulates, up to the edges its 4-lane vectors do not fill."""
+def test_every_neon_gemm_runs_its_macs_on_the_micro_kernel_as_q_register_multiply_adds(xt_arm):
+    """Each GEMM of the ARM graph (1x1 convs, Linear layers, and on ARM the stem and
+    downsampling convs as im2col GEMMs) runs its MACs / 4 q-register multiply-accumulates, all
+    inside our micro-kernel, on rows padded to whole 6-row tiles: nothing else is computed."""
+    import math
+
+    from tvm import s_tir, tirx
+
+    from parcnet_tvm.frontend import import_model
+    from parcnet_tvm.pipeline import fused_module
+    from parcnet_tvm.schedules.cpu_gemm import find_gemm
+    from parcnet_tvm.targets import get_target
+    from parcnet_tvm.weights import prepare_model
+
     library, manifest = xt_arm
     per_symbol = count_library(library, manifest["input_shape"], 1, blocks=True).per_symbol(library)
-    main = fused_xt["main"].script()
-    checked = 0
-    for name, func in fused_xt.functions_items():
-        name = name.name_hint
-        if not name.startswith("fused_matmul") or f"{name}_compute_" not in per_symbol:
+    fused = fused_module(import_model(prepare_model("xt", SMALL), (1, 3, SMALL, SMALL), "torch"), get_target("arm"))
+    main, expected, gemms = fused["main"].script(), 0, 0
+    for var, func in fused.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or find_gemm(s_tir.Schedule(func)) is None:
             continue
-        (m, k), (_, n) = ([int(d) for d in p.ty.shape] for p in func.params[:2])  # [M, K] x [K, N]
-        calls = main.count(f"R.call_tir({name},")
-        assert calls >= 1, name
-        macs = calls * m * k * n
-        executed = per_symbol[f"{name}_compute_"]["neon_q_mac"]
-        assert 0.9 * macs / 4 <= executed <= macs / 4, (name, executed, macs / 4)
-        checked += 1
-    assert checked >= 5
+        sch = s_tir.Schedule(func)
+        rows, columns, depth = (int(iv.dom.extent) for iv in sch.get(find_gemm(sch)).iter_vars)
+        calls = main.count(f"R.call_tir({var.name_hint},")
+        assert calls >= 1, var.name_hint
+        expected += calls * math.ceil(rows / 6) * 6 * columns * depth // 4
+        gemms += 1
+        assert per_symbol.get(f"{var.name_hint}_compute_", {}).get("neon_q_mac", 0) == 0, var.name_hint
+    assert gemms >= 10 and per_symbol["parcnet_sgemm_6x8_packed"]["neon_q_mac"] == expected
 

@@ -158,9 +158,8 @@ def test_neon_gemm_row_blocks_follow_the_shared_l2_and_the_cores():
 
     neon = cpu_target(named("neon").target)  # 4 cores, 4 x 256 KiB of L2 shared
     assert micro_row_blocks(196, 320, 320, neon)[1] == 33      # T stage 3: all 198 padded rows
-    assert micro_row_blocks(196, 320, 1152, neon)[1] == 11     # 3/4 of the L2 holds 66 rows of 1152
-    choices, tiles = micro_row_blocks(3136, 64, 64, neon)      # 8 column tiles: 2+ row blocks
-    assert 523 // tiles >= 2 and tiles in choices
+    assert micro_row_blocks(196, 320, 1152, neon)[1] == 11     # 33 tiles of 27 KiB: 11 of 3/4 MiB
+    assert micro_row_blocks(784, 32, 32, neon)[1] == 1         # 4 column tiles: 131 row blocks
 
 
 @pytest.mark.usefixtures("runtime")
@@ -183,6 +182,8 @@ def test_neon_gemm_micro_kernel_matches_numpy_on_the_emulated_board(tmp_path):
         assert GemmCpu().schedule(sch, arm.target, False)
         script = sch.mod.script()
         assert "parcnet_sgemm_6x8_packed" in script
+        if columns == 960:  # rows 960 floats apart alias few L1 sets: each column tile's panel copied
+            assert re.search(r"T\.vectorized\(8\):\s+with T\.sblock\(\"B_local\"\)", script)
         assert rows != 49 or "< 49)" in script  # the write-back of the last tile skips its padding
         # the packed rows are scratch memory the footprint counts (rows padded to 6)
         assert kernel_scratch_bytes(sch.mod) == -(-rows // 6) * 6 * depth * 4
@@ -200,3 +201,16 @@ def test_neon_gemm_micro_kernel_matches_numpy_on_the_emulated_board(tmp_path):
             out = tvm.runtime.tensor(np.full((rows, columns), np.nan, "float32"), device)
             kernel(*(tvm.runtime.tensor(x, device) for x in (a, b, bias)), out)
             np.testing.assert_allclose(out.numpy(), a @ b + bias, rtol=1e-4, atol=1e-4)
+
+
+def test_neon_depthwise_loads_each_input_vector_once_per_kernel_row(fused_xt):
+    """NEON (16 registers): a depth-wise conv's tile is one channel vector of at most 4 outputs,
+    and its kernel row (7 taps) is unrolled, so the 4 + 6 input vectors are loaded once per row."""
+    scheduled, used = schedule_kernels(fused_xt, named("neon").target)
+    assert used["cpu_depthwise_conv"]
+    for kernel in used["cpu_depthwise_conv"]:
+        loops = [line.strip() for line in scheduled[kernel].script().splitlines() if line.strip().startswith("for ")]
+        kernel_columns = [line for line in loops if re.match(r"for rx in T\.unroll\((T\.int64\()?7\)", line)]
+        outputs = [int(n) for line in loops if line.startswith("for xx_1 in")
+                   for n in re.findall(r"T\.unroll\((?:T\.int64\()?(\d+)\)", line)]
+        assert kernel_columns and outputs and max(outputs) <= 4, (kernel, loops)

@@ -10,8 +10,9 @@
 // C[0:6, 0:8] += A[0:6, 0:k] @ B[0:k, 0:8] with A packed: the 6 values of each k next to each
 // other (k x 6 floats, contiguous). A step of one k reads them (one `vld1` of 3 d registers)
 // and one B row of 8 floats for 12 vmla: 1 load per 6 multiply-adds. 12 accumulators, A's 3 d
-// registers and one B row take 15.5 of the 16 q registers. Four steps per loop iteration:
-// needs k % 4 == 0, k >= 4 (the schedule pads nothing in k: it uses the kernel only then).
+// registers and one B row take 15.5 of the 16 q registers. Four steps per loop iteration: the
+// schedule calls it only for k % 4 == 0, k >= 4 (neon_gemm.fits); anything else traps rather
+// than return a wrong tile.
 extern "C" __attribute__((visibility("default")))
 int32_t parcnet_sgemm_6x8_packed(float* c, int32_t ldc, const float* a, const float* b, int32_t ldb,
                                  int32_t k) {
@@ -22,7 +23,7 @@ int32_t parcnet_sgemm_6x8_packed(float* c, int32_t ldc, const float* a, const fl
   float* c5 = c4 + ldc;
   int32_t steps = k >> 2;
   int32_t b_bytes = ldb * 4;
-  if (steps <= 0) return 0;
+  if (steps <= 0 || (k & 3)) __builtin_trap();
 #define PARCNET_STEP_6X8                   \
   "vld1.32 {d0-d2}, [%[a]]!\n"             \
   "vld1.32 {d4-d7}, [%[b]], %[bs]\n"       \
