@@ -15,6 +15,7 @@ untuned baseline.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import tvm
@@ -80,18 +81,17 @@ class RewriteOversizedConvs:
 
 
 @tvm.transform.module_pass(opt_level=0, name="ToChannelsLast")
-def to_channels_last_pass(mod, _ctx):
-    """Channels-last throughout, the 1x1 convs as GEMMs with their adds as epilogues."""
-    mod = to_channels_last(mod)
-    return _reported(mod, transposes_left=count_transposes(mod))
+class ToChannelsLast:
+    """Channels-last throughout, the 1x1 convs as GEMMs with their adds as epilogues; with
+    `im2col_depth_multiple` (ARM) the stem and downsampling convs as GEMMs too, so that every
+    dense conv runs on the NEON GEMM micro-kernel."""
 
+    def __init__(self, im2col_depth_multiple: int | None = None):
+        self.im2col_depth_multiple = im2col_depth_multiple
 
-@tvm.transform.module_pass(opt_level=0, name="ToChannelsLastConvsAsGemms")
-def to_channels_last_gemms_pass(mod, _ctx):
-    """ARM: as ToChannelsLast, and the stem and downsampling convs as GEMMs too (im2col), so
-    that every dense conv runs on the NEON GEMM micro-kernel."""
-    mod = to_channels_last(mod, im2col_depth_multiple=neon_gemm.DEPTH_STEP)
-    return _reported(mod, transposes_left=count_transposes(mod))
+    def transform_module(self, mod, _ctx):
+        mod = to_channels_last(mod, im2col_depth_multiple=self.im2col_depth_multiple)
+        return _reported(mod, transposes_left=count_transposes(mod))
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseLayerNormGeneral")
@@ -143,7 +143,7 @@ def cpu_graph_passes(named: NamedTarget, options: PipelineOptions) -> list:
     return [
         *([RewriteOversizedConvs(options.oversized_algo, "arm" if named.name == "arm" else "llvm")]
           if options.custom_op else []),
-        to_channels_last_gemms_pass if named.name == "arm" else to_channels_last_pass,
+        ToChannelsLast(neon_gemm.DEPTH_STEP if named.name == "arm" else None),
         fuse_layer_norms_pass,
         *legalize_and_fuse("llvm", options.exact_math),
     ]
@@ -154,7 +154,7 @@ def cuda_graph_passes(named: NamedTarget, options: PipelineOptions) -> list:
     # fused op (RewriteOversizedConvs asks the CUDA schedule); libm's erf (exact) in GELU.
     return [
         *([RewriteOversizedConvs(options.oversized_algo, "cuda")] if options.custom_op else []),
-        to_channels_last_pass,
+        ToChannelsLast(),
         fuse_layer_norms_pass,
         *legalize_and_fuse("cuda"),
     ]
@@ -226,15 +226,8 @@ def kernel_scratch_bytes(lowered: tvm.IRModule) -> int:
     for _, func in lowered.functions_items():
         if isinstance(func, tvm.tirx.PrimFunc) and isinstance(func.body, tvm.s_tir.SBlockRealize):
             buffers = [b for b in func.body.block.alloc_buffers if b.scope() == "global"]
-            largest = max(largest, sum(b.dtype.bits // 8 * _elements(b) for b in buffers))
+            largest = max(largest, sum(b.dtype.bits // 8 * math.prod(int(n) for n in b.shape) for b in buffers))
     return largest
-
-
-def _elements(buffer) -> int:
-    count = 1
-    for extent in buffer.shape:
-        count *= int(extent)
-    return count
 
 
 def codegen(lowered: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None):

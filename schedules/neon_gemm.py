@@ -98,16 +98,16 @@ def micro_kernel_tile(sch: s_tir.Schedule, block, tiles_per_block, pack_weights:
     into the parallel loop: each chunk is one column tile of one row block), the row tiles of
     the block, and the 6 x 8 x K nest the kernel computes. The accumulator tile lives in a
     6 x 8 stack buffer that the kernel reads and writes; its write-back applies the fused ops."""
-    tile_rows = TILE_ROWS
     i, j, k = sch.get_loops(block)
     depth, rows = int(sch.get(k).extent), int(sch.get(i).extent)
-    if rows % tile_rows:
+    padded = rows % TILE_ROWS != 0
+    if padded:
         # Rows padded to whole tiles (7x7 maps: 49 -> 54): the input rows are copied with zeros
         # below them, and only the real rows are written out.
-        sch.pad_einsum(block, [-(-rows // tile_rows) * tile_rows, int(sch.get(j).extent), depth])
+        sch.pad_einsum(block, [-(-rows // TILE_ROWS) * TILE_ROWS, int(sch.get(j).extent), depth])
         i, j, k = sch.get_loops(block)
-    _pack_rows(sch, block, tile_rows, padded=rows % tile_rows != 0)
-    row_outer, row_tiles, row_inner = sch.split(i, [None, tiles_per_block, tile_rows])
+    _pack_rows(sch, block, padded)
+    row_outer, row_tiles, row_inner = sch.split(i, [None, tiles_per_block, TILE_ROWS])
     col_tiles, col_inner = sch.split(j, [None, COLUMNS])
     sch.reorder(row_outer, col_tiles, row_tiles, row_inner, col_inner, k)
     column_loop = sch.fuse(row_outer, col_tiles)
@@ -126,7 +126,7 @@ def micro_kernel_tile(sch: s_tir.Schedule, block, tiles_per_block, pack_weights:
     accumulators = sch.cache_write(block, 0, "local")
     consumers = elementwise_consumers(sch, accumulators)
     crop = None
-    if rows % tile_rows:
+    if padded:
         # The fused ops go into the block that crops the padded rows, computed right after each
         # tile's write-back (inlined into the write-back, the crop's bound on the rows was lost
         # and the padding written).
@@ -149,13 +149,13 @@ def micro_kernel_tile(sch: s_tir.Schedule, block, tiles_per_block, pack_weights:
     sch.vectorize(write_lanes)
 
 
-def _pack_rows(sch: s_tir.Schedule, block, tile_rows: int, padded: bool) -> None:
+def _pack_rows(sch: s_tir.Schedule, block, padded: bool) -> None:
     """Copy the GEMM's input rows into the packed layout the kernel reads (tiles, K, rows of a
     tile), in one parallel pass before the GEMM: each row is read as vectors of 4 values."""
     pack = sch.get_producers(block)[0] if padded else sch.cache_read(block, 0, "global")
-    sch.transform_layout(pack, ("write", 0), lambda r, k: (r // tile_rows, k, r % tile_rows))
+    sch.transform_layout(pack, ("write", 0), lambda r, k: (r // TILE_ROWS, k, r % TILE_ROWS))
     r, k = sch.get_loops(pack)
-    tiles, row = sch.split(r, [None, tile_rows])
+    tiles, row = sch.split(r, [None, TILE_ROWS])
     k_vectors, lanes = sch.split(k, [None, DEPTH_STEP])
     sch.reorder(tiles, k_vectors, row, lanes)
     sch.parallel(tiles)
