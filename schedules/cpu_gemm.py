@@ -13,6 +13,7 @@ a multiple of 4 (all of ParCNetV2's) run on our micro-kernel instead (`neon_gemm
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from tvm import s_tir
 from tvm.target import Target
@@ -73,23 +74,58 @@ def row_block(rows: int, row_choices: list[int], column_tiles: int, parallel_job
     return unit
 
 
-def micro_row_blocks(rows: int, columns: int, depth: int, cpu) -> tuple[list[int], int]:
-    """Row tiles of the NEON micro-kernel per row block: the choices (tile counts dividing the
-    rows' tiles) and the default. A block's rows are walked by every column tile with that
-    tile's weights (depth x 8) in L1, so the larger the block, the fewer times the weights are
-    read (and copied, where they alias L1 sets). The parallel chunks are (row block, column
-    tile) pairs. Where the column tiles alone give the cores enough of them, a block holds the
-    most rows whose inputs fit 3/4 of the L2 the cores share (the threads walk the same rows
-    at once; the weights take the rest); else the rows are split into enough blocks."""
-    tiles = -(-rows // neon_gemm.TILE_ROWS)  # rows are padded to whole tiles
-    choices = divisors(tiles)
-    row_bytes = neon_gemm.TILE_ROWS * depth * 4
-    fitting = [d for d in choices if d * row_bytes <= cpu.l2_bytes * cpu.cores * 3 // 4] or [1]
-    column_tiles = columns // neon_gemm.COLUMNS
-    if column_tiles < cpu.parallel_jobs:
-        needed = -(-cpu.parallel_jobs // column_tiles)  # row blocks for enough chunks
-        fitting = [d for d in fitting if tiles // d >= needed] or [1]
-    return without_unit(choices), max(fitting)
+MICRO_GROUP = 4  # column tiles sharing a row tile's inputs in L1 (the A17's 32 KiB L1D)
+MICRO_CHUNK_BYTES = 64 * 1024  # a chunk's accumulators (a stack buffer per thread)
+MIN_DEPTH_STEP = 64  # shorter reduction steps would reload the accumulators too often
+
+
+def micro_depth_block(depth: int, group: int, l1_bytes: int) -> int:
+    """The reduction step of the NEON micro-kernel: the deepest (a multiple of the kernel's 4
+    dividing `depth`) whose group of weight panels and one row tile's inputs fit 3/4 of the L1;
+    the whole depth where no step of at least MIN_DEPTH_STEP fits."""
+    per_step = (group * neon_gemm.COLUMNS + neon_gemm.TILE_ROWS) * 4
+    steps = [d for d in divisors(depth) if d % neon_gemm.DEPTH_STEP == 0 and d * per_step <= l1_bytes * 3 // 4]
+    return max(steps) if steps and max(steps) >= MIN_DEPTH_STEP else depth
+
+
+@dataclass(frozen=True)
+class MicroPlan:
+    group: int                # column tiles per chunk
+    tile_choices: list[int]   # row tiles per row block MetaSchedule may sample
+    tiles_per_block: int      # the untuned choice
+
+    def chunks(self, tiles: int, column_tiles: int) -> int:
+        return tiles // self.tiles_per_block * (column_tiles // self.group)
+
+
+def micro_plan(rows: int, columns: int, depth: int, cpu) -> MicroPlan:
+    """How the NEON micro-kernel's GEMM is cut into parallel chunks of (row block, column group).
+
+    A group's column tiles share each row tile's inputs in L1 (up to MICRO_GROUP); a block's
+    row tiles share the group's weights, so the larger the block, the fewer times the weights
+    are read (and copied, where they alias L1 sets). Row blocks are tile counts dividing the
+    rows' tiles whose accumulators fit MICRO_CHUNK_BYTES. Where the column groups alone give
+    the cores enough chunks, a block holds the most rows whose inputs fit 3/4 of the L2 the
+    cores share (the weights take the rest); else the rows are split into enough blocks. Of
+    the group sizes, the one whose chunks divide most evenly among the cores wins (the
+    estimate's busiest thread sets the time), the largest group on a tie."""
+    tiles, column_tiles = neon_gemm.padded_tiles(rows), columns // neon_gemm.COLUMNS
+    plans = []
+    for group in sorted((d for d in divisors(column_tiles) if d <= MICRO_GROUP), reverse=True):
+        tile_accumulators = neon_gemm.TILE_ROWS * group * neon_gemm.COLUMNS * 4
+        choices = [d for d in divisors(tiles) if d * tile_accumulators <= MICRO_CHUNK_BYTES] or [1]
+        row_bytes = neon_gemm.TILE_ROWS * depth * 4
+        fitting = [d for d in choices if d * row_bytes <= cpu.l2_bytes * cpu.cores * 3 // 4] or [1]
+        column_groups = column_tiles // group
+        if column_groups < cpu.parallel_jobs:
+            needed = -(-cpu.parallel_jobs // column_groups)  # row blocks for enough chunks
+            fitting = [d for d in fitting if tiles // d >= needed] or [1]
+        plans.append(MicroPlan(group, without_unit(choices), max(fitting)))
+
+    def uneven(plan: MicroPlan) -> float:
+        chunks = plan.chunks(tiles, column_tiles)
+        return -(-chunks // cpu.cores) * cpu.cores / chunks
+    return min(plans, key=uneven)  # min keeps the first (largest group) of equals
 
 
 L1_WAYS, LINE_BYTES = 4, 64  # Cortex-A17 L1D (and the estimate's simulated cache)
@@ -116,11 +152,13 @@ class GemmCpu(CpuHandRule):
         cpu = cpu_target(target)
         rows, columns, depth = (int(iv.dom.extent) for iv in sch.get(block).iter_vars)
         if cpu.isa == "neon" and neon_gemm.fits(rows, columns, depth):
-            tiles_per_block, default_tiles = micro_row_blocks(rows, columns, depth, cpu)
+            plan = micro_plan(rows, columns, depth, cpu)
+            depth_block = micro_depth_block(depth, plan.group, cpu.l1_bytes)
             neon_gemm.micro_kernel_tile(
-                sch, block, knob(sch, tiles_per_block, default_tiles, tunable),
+                sch, block, neon_gemm.padded_tiles(rows),
+                knob(sch, plan.tile_choices, plan.tiles_per_block, tunable), plan.group, depth_block,
                 # a copied panel (2 memory operations per weight) pays for itself over 8 row tiles
-                default_tiles >= 8 and panel_conflicts(columns, depth, cpu.l1_bytes))
+                plan.tiles_per_block >= 8 and panel_conflicts(columns, depth_block, cpu.l1_bytes))
             if tunable:
                 mark_root_untouchable(sch)
             return True

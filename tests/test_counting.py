@@ -78,14 +78,14 @@ def test_counts_repeat_exactly_and_four_threads_share_the_work(xt_arm):
 def test_every_neon_gemm_runs_its_macs_on_the_micro_kernel_as_q_register_multiply_adds(xt_arm):
     """Each GEMM of the ARM graph (1x1 convs, Linear layers, and on ARM the stem and
     downsampling convs as im2col GEMMs) runs its MACs / 4 q-register multiply-accumulates, all
-    inside our micro-kernel, on rows padded to whole 6-row tiles: nothing else is computed."""
-    import math
-
+    inside our micro-kernel, on rows padded to whole 6-row tiles (`padded_tiles`, tested on
+    its own): nothing else is computed."""
     from tvm import s_tir, tirx
 
     from parcnet_tvm.frontend import import_model
     from parcnet_tvm.pipeline import fused_module
     from parcnet_tvm.schedules.cpu_gemm import find_gemm
+    from parcnet_tvm.schedules.neon_gemm import padded_tiles
     from parcnet_tvm.targets import get_target
     from parcnet_tvm.weights import prepare_model
 
@@ -100,7 +100,7 @@ def test_every_neon_gemm_runs_its_macs_on_the_micro_kernel_as_q_register_multipl
         rows, columns, depth = (int(iv.dom.extent) for iv in sch.get(find_gemm(sch)).iter_vars)
         calls = main.count(f"R.call_tir({var.name_hint},")
         assert calls >= 1, var.name_hint
-        expected += calls * math.ceil(rows / 6) * 6 * columns * depth // 4
+        expected += calls * padded_tiles(rows) * 6 * columns * depth // 4
         gemms += 1
         assert per_symbol.get(f"{var.name_hint}_compute_", {}).get("neon_q_mac", 0) == 0, var.name_hint
     assert gemms >= 10 and per_symbol["parcnet_sgemm_6x8_packed"]["neon_q_mac"] == expected

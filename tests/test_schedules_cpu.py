@@ -153,40 +153,84 @@ def _gemm_with_bias(rows: int, columns: int, depth: int):
     return te.create_prim_func([a, b, bias, out])
 
 
-def test_neon_gemm_row_blocks_follow_the_shared_l2_and_the_cores():
-    from parcnet_tvm.schedules.cpu_gemm import micro_row_blocks
+def test_neon_gemm_chunks_follow_the_shared_l2_and_the_cores():
+    from parcnet_tvm.schedules.cpu_gemm import micro_plan
 
     neon = cpu_target(named("neon").target)  # 4 cores, 4 x 256 KiB of L2 shared
-    assert micro_row_blocks(196, 320, 320, neon)[1] == 33      # T stage 3: all 198 padded rows
-    assert micro_row_blocks(196, 320, 1152, neon)[1] == 11     # 33 tiles of 27 KiB: 11 of 3/4 MiB
-    assert micro_row_blocks(784, 32, 32, neon)[1] == 1         # 4 column tiles: 131 row blocks
+
+    def plan(rows, columns, depth):
+        p = micro_plan(rows, columns, depth, neon)
+        return p.group, p.tiles_per_block
+    assert plan(196, 1024, 320) == (4, 33)     # 32 column groups: all 198 padded rows in one block
+    assert plan(196, 320, 320) == (2, 33)      # 20 groups of 2 divide among 4 cores, 10 of 4 need blocks
+    assert plan(196, 1024, 1152) == (4, 11)    # 33 tiles of 27 KiB: 11 fit 3/4 MiB
+    assert plan(784, 32, 32) == (1, 33)        # 4 column tiles: 4 row blocks of them
+    assert plan(1, 1000, 64) == (1, 1)         # 125 column tiles: groups of 1
+    # a chunk's accumulators (row tiles x 4 column tiles) stay within 64 KiB
+    assert max(micro_plan(3136, 256, 64, neon).tile_choices) == 75
+
+
+def test_neon_gemm_steps_through_the_reduction_with_a_group_in_l1():
+    """A row tile's inputs and a group of column tiles' weights, per reduction step, fit 3/4 of
+    the A17's L1; row tiles are padded to a count that has row blocks."""
+    from parcnet_tvm.schedules import neon_gemm
+    from parcnet_tvm.schedules.cpu_gemm import micro_depth_block
+
+    assert micro_depth_block(1280, 4, 32 * 1024) == 160   # 160 x (32 + 6) floats: 23.75 KiB
+    assert micro_depth_block(148, 4, 32 * 1024) == 148    # the whole depth fits
+    assert micro_depth_block(4 * 41, 4, 32 * 1024) == 4 * 41  # only steps of 4 divide it: none
+    assert neon_gemm.padded_tiles(49) == 9 and neon_gemm.padded_tiles(196) == 33
+    assert neon_gemm.padded_tiles(3136) == 525            # 523 is a prime: 21 blocks of 25
+
+
+def test_neon_gemm_samples_its_row_blocks_when_tuned():
+    """Tuning: MetaSchedule's knob is the row tiles per block (3, 11 or 33 of T's 33), and every
+    sample compiles (the group and the reduction step are fixed per shape)."""
+    from tvm import s_tir
+
+    from parcnet_tvm.schedules.cpu_gemm import GemmCpu
+
+    arm, sampled = named("neon"), set()
+    for seed in range(1, 7):
+        sch = s_tir.Schedule(_gemm_with_bias(196, 320, 320), seed=seed)
+        assert GemmCpu().schedule(sch, arm.target, True)
+        knob, = [inst for inst in sch.trace.insts if inst.kind.name == "SampleCategorical"]
+        assert [int(c) for c in knob.attrs[0]] == [3, 11, 33]
+        sampled.add(int(sch.trace.decisions[knob]))
+        tvm.compile(sch.mod, target=arm.target)
+    assert len(sampled) >= 2
 
 
 @pytest.mark.usefixtures("runtime")
 def test_neon_gemm_micro_kernel_matches_numpy_on_the_emulated_board(tmp_path):
     """GEMMs on our NEON micro-kernel, run on the emulated board: rows padded to whole tiles
     (49 rows: only the real rows written, the bias fused), copied weight panels (rows 960 floats
-    apart alias few L1 sets), a reduction of 148 (the stem's im2col) and a single row."""
+    apart alias few L1 sets, copied per step of two reduction steps), a reduction of 148 (the
+    stem's im2col), a single row, and 3136 rows padded to 525 tiles in row blocks."""
     from tvm import s_tir
 
     from parcnet_tvm import board
     from parcnet_tvm.pipeline import kernel_scratch_bytes
+    from parcnet_tvm.schedules import neon_gemm
     from parcnet_tvm.schedules.cpu_gemm import GemmCpu
     from parcnet_tvm.targets import arm_linker
 
     arm = named("neon")
-    shapes = [(49, 64, 148), (196, 960, 192), (1, 1000, 64)]
+    shapes = [(49, 64, 148), (196, 960, 384), (1, 1000, 64), (3136, 32, 64)]
     libraries = []
     for rows, columns, depth in shapes:
         sch = s_tir.Schedule(_gemm_with_bias(rows, columns, depth))
         assert GemmCpu().schedule(sch, arm.target, False)
         script = sch.mod.script()
         assert "parcnet_sgemm_6x8_packed" in script
-        if columns == 960:  # rows 960 floats apart alias few L1 sets: each column tile's panel copied
+        if columns == 960:  # rows 960 floats apart alias few L1 sets: the group's panel copied per step
             assert re.search(r"T\.vectorized\(8\):\s+with T\.sblock\(\"B_local\"\)", script)
-        assert rows != 49 or "< 49)" in script  # the write-back of the last tile skips its padding
-        # the packed rows are scratch memory the footprint counts (rows padded to 6)
-        assert kernel_scratch_bytes(sch.mod) == -(-rows // 6) * 6 * depth * 4
+            assert re.search(r"for k_0 in range\(2\)", script), script  # two reduction steps
+        # the write-back of a block's last tile skips its padding rows (49: 9 blocks of 1 tile;
+        # 3136: 5 blocks of 105 tiles, the last with 14 padding rows)
+        assert rows not in (49, 3136) or f"< {rows})" in script
+        # the packed rows are scratch memory the footprint counts (rows padded to whole tiles)
+        assert kernel_scratch_bytes(sch.mod) == neon_gemm.padded_tiles(rows) * 6 * depth * 4
         libraries.append(tmp_path / f"gemm_{rows}_{columns}_{depth}.so")
         tvm.compile(sch.mod, target=arm.target).export_library(str(libraries[-1]), fcompile=arm_linker())
     rng = np.random.default_rng(0)
