@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import tvm
-from support import one_line, run_script, script_main
+from support import one_line, run_script, script_main, slow
 
 from parcnet_tvm import ParcnetError
 from parcnet_tvm.bench_op import conv_pair_module
@@ -17,6 +17,7 @@ from parcnet_tvm.tuning_log import RECORD_FILE
 from parcnet_tvm.verify import load_vm
 
 
+@slow  # the default run checks the same traces in the tiny tune.py run (test_tune_job.py)
 def test_tuning_our_op_samples_tile_knobs_and_applies(tmp_path):
     named = get_target("x86")
     channels, height, width = 16, 12, 12

@@ -52,6 +52,10 @@ def test_tiny_tuning_run_builds_a_verified_tuned_library(tiny_run):
     budget = json.loads((out / "log" / "budget.json").read_text())["runs"][-1]  # the allowance is recorded
     assert budget["rule"].startswith("by FLOP share") and len(budget["tasks"]) == 4
     assert all(t["task"].startswith("oversized_conv") and t["max_trials"] >= 2 for t in budget["tasks"])
+    # each trial is our op's hand schedule (its rule's annotation, its accumulator tile), not a
+    # generic tiling, with our tile sizes as the knobs (the 2x2 map's task has one choice: none)
+    assert all('"schedule_rule"' in line and '"CacheWrite"' in line for line in lines)
+    assert sum('"SampleCategorical"' in line for line in lines) >= len(lines) - 2
     manifest = manifest_io.read(out / "xt.so")
     assert manifest["verification"]["status"] == "passed"
     assert manifest["verification"]["max_abs_error"] <= 1e-4
