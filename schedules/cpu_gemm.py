@@ -110,11 +110,11 @@ def micro_plan(rows: int, columns: int, depth: int, cpu) -> MicroPlan:
     the group sizes, the one whose chunks divide most evenly among the cores wins (the
     estimate's busiest thread sets the time), the largest group on a tie."""
     tiles, column_tiles = neon_gemm.padded_tiles(rows), columns // neon_gemm.COLUMNS
+    row_bytes = neon_gemm.TILE_ROWS * depth * 4
     plans = []
     for group in sorted((d for d in divisors(column_tiles) if d <= MICRO_GROUP), reverse=True):
         tile_accumulators = neon_gemm.TILE_ROWS * group * neon_gemm.COLUMNS * 4
         choices = [d for d in divisors(tiles) if d * tile_accumulators <= MICRO_CHUNK_BYTES] or [1]
-        row_bytes = neon_gemm.TILE_ROWS * depth * 4
         fitting = [d for d in choices if d * row_bytes <= cpu.l2_bytes * cpu.cores * 3 // 4] or [1]
         column_groups = column_tiles // group
         if column_groups < cpu.parallel_jobs:
@@ -155,8 +155,7 @@ class GemmCpu(CpuHandRule):
             plan = micro_plan(rows, columns, depth, cpu)
             depth_block = micro_depth_block(depth, plan.group, cpu.l1_bytes)
             neon_gemm.micro_kernel_tile(
-                sch, block, neon_gemm.padded_tiles(rows),
-                knob(sch, plan.tile_choices, plan.tiles_per_block, tunable), plan.group, depth_block,
+                sch, block, knob(sch, plan.tile_choices, plan.tiles_per_block, tunable), plan.group, depth_block,
                 # a copied panel (2 memory operations per weight) pays for itself over 8 row tiles
                 plan.tiles_per_block >= 8 and panel_conflicts(columns, depth_block, cpu.l1_bytes))
             if tunable:

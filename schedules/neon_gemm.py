@@ -104,10 +104,10 @@ def register_intrinsics_named_in(text: str) -> None:
         intrinsic(int(depth), scope)
 
 
-def micro_kernel_tile(sch: s_tir.Schedule, block, tiles: int, tiles_per_block, group: int,
-                      depth_block: int, pack_weights: bool) -> None:
+def micro_kernel_tile(sch: s_tir.Schedule, block, tiles_per_block, group: int, depth_block: int,
+                      pack_weights: bool) -> None:
     """Tile the GEMM `block` (loops i, j, k; `fits` holds) onto the micro-kernel, its rows
-    padded to `tiles` row tiles (`padded_tiles`).
+    padded to `padded_tiles` row tiles.
 
     Loop order: row blocks of `tiles_per_block` row tiles and groups of `group` column tiles
     (the two fused into the parallel loop: each chunk is one group of one row block), the
@@ -120,6 +120,7 @@ def micro_kernel_tile(sch: s_tir.Schedule, block, tiles: int, tiles_per_block, g
     the kernel reads and writes; its write-back applies the fused ops."""
     i, j, k = sch.get_loops(block)
     depth, rows = int(sch.get(k).extent), int(sch.get(i).extent)
+    tiles = padded_tiles(rows)
     padded = tiles * TILE_ROWS != rows
     if padded:
         # Rows padded to whole tiles (7x7 maps: 49 -> 54): the input rows are copied with zeros

@@ -8,7 +8,6 @@ from parcnet_tvm.frontend import import_model
 from parcnet_tvm.pipeline import (
     GRAPH_PASSES,
     PipelineOptions,
-    fused_module,
     prepare,
     report,
     schedule_passes,
