@@ -15,7 +15,6 @@ untuned baseline.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import tvm
@@ -221,13 +220,42 @@ def planned_bytes(lowered: tvm.IRModule, func_name: str = "main") -> int:
 
 
 def kernel_scratch_bytes(lowered: tvm.IRModule) -> int:
-    """The most bytes of global (heap) buffers any one kernel allocates in its root block."""
+    """The most bytes of global (heap) buffers any one kernel allocates in its root block
+    (with the strides a schedule's storage_align gives them)."""
     largest = 0
     for _, func in lowered.functions_items():
         if isinstance(func, tvm.tirx.PrimFunc) and isinstance(func.body, tvm.s_tir.SBlockRealize):
+            aligned = _aligned_axes(func)
             buffers = [b for b in func.body.block.alloc_buffers if b.scope() == "global"]
-            largest = max(largest, sum(b.dtype.bits // 8 * math.prod(int(n) for n in b.shape) for b in buffers))
+            largest = max(largest, sum(b.dtype.bits // 8 * _elements(b, aligned.get(str(b.name), ())) for b in buffers))
     return largest
+
+
+def _aligned_axes(func) -> dict:
+    """{buffer name: [(axis, factor, offset)]} from the storage_align annotations of the
+    blocks under the root block (those that write its buffers)."""
+    found = {}
+    if "buffer_dim_align" not in func.script():
+        return found
+    sch = tvm.s_tir.Schedule(func)
+    for block in (sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))):
+        for index, axis, factor, offset in block.annotations.get("buffer_dim_align", ()):
+            found.setdefault(str(block.writes[int(index)].source.name), []).append((int(axis), int(factor), int(offset)))
+    return found
+
+
+def _elements(buffer, aligned) -> int:
+    """Elements a buffer's allocation holds: the stride of an aligned axis (the span of the axes
+    inside it) rounded up to factor * k + offset."""
+    shape = [int(n) for n in buffer.shape]
+    rules = {axis: (factor, offset) for axis, factor, offset in aligned}
+    stride = 1
+    for axis in range(len(shape) - 1, -1, -1):
+        if axis in rules and axis < len(shape) - 1:
+            factor, offset = rules[axis]
+            stride += (offset - stride) % factor
+        stride *= shape[axis]
+    return stride
 
 
 def codegen(lowered: tvm.IRModule, named: NamedTarget, options: PipelineOptions | None = None):

@@ -21,6 +21,7 @@ from .cpu_tiling import (
     register_tile_choices,
     vector_lanes,
 )
+from . import neon_depthwise
 from .patterns import find_conv_nhwc
 
 CONV_BLOCKS = ("conv2d_nhwc",)
@@ -34,13 +35,22 @@ def schedule_conv_nhwc(sch: s_tir.Schedule, target: Target, tunable: bool, names
         return False
     pad, conv = found
     cpu = cpu_target(target)
-    _, _, width, channels = (int(iv.dom.extent) for iv in sch.get(conv).iter_vars[:4])
+    _, height, width, channels = (int(iv.dom.extent) for iv in sch.get(conv).iter_vars[:4])
+    if depthwise and cpu.isa == "neon":
+        reads = sch.get(conv).reads
+        window = tuple(int(iv.dom.extent) for iv in sch.get(conv).iter_vars[4:6])
+        padded, weights = ([int(d) for d in r.source.shape] for r in reads[:2])
+        if neon_depthwise.fits(height, width, channels, window, padded, weights):
+            neon_depthwise.kernel_tile(sch, pad, conv, cpu.lanes, cpu.cores)
+            if tunable:
+                mark_root_untouchable(sch)
+            return True
     lanes = vector_lanes(channels, cpu.lanes)
     row_choices, vector_choices, (default_rows, default_vectors) = register_tile_choices(
         width, channels // lanes, cpu.vector_registers, inputs_per_vector=int(depthwise))
     # Depth-wise: unroll the kernel's columns (neighbouring outputs then share input vectors)
     # where the register file has room for them: 32 registers take the tile above. With 16
-    # (NEON) the tile is one channel vector of `rows` outputs whose kernel row (7 taps) is
+    # (NEON; convs that our kernel does not fit) the tile is one channel vector of `rows` outputs whose kernel row (7 taps) is
     # unrolled: rows + 6 input vectors, loaded once per kernel row and shared by the taps,
     # rows accumulators and a weight vector must fit (rows <= 4 at 7 taps); the default
     # tile above loaded an input vector per multiply-add.

@@ -133,7 +133,7 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_micro_kernel_loads_once_per_si
     oversized kernels' inner loops multiply-add on q registers; every GEMM kernel calls our
     micro-kernel, whose inner loop multiply-adds by lane (`vmla.f32 q, q, d[x]`), loads one
     SIMD register group per 6 of them and keeps everything in registers (no store, nothing
-    read from the stack)."""
+    read from the stack); so does our depth-wise kernel (20 loads per 49 multiply-adds)."""
     library, manifest = xt_arm
     assert not [rule for rule in manifest["kernel_schedules"] if "fallback" in rule]
     disassembly = subprocess.run(["arm-linux-gnueabihf-objdump", "-d", "--no-show-raw-insn", str(library)],
@@ -157,6 +157,13 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_micro_kernel_loads_once_per_si
     loads = [t for t in loop if t.startswith("vld")]
     spills = [t for t in loop if re.match(r"(v?st|vpush|push)", t) or "[sp" in t]
     assert len(by_lane) >= 12 and len(loads) * 6 <= len(by_lane) and not spills, loop
+    # The depth-wise kernel (linked into every ARM library; XT at 64 has no conv it takes): per
+    # kernel row, 7 weight and 13 input vectors loaded for 49 multiply-adds, nothing spilled.
+    (loop,) = _innermost_fma_loops(functions["parcnet_dwconv_7x7_x7"])
+    macs = [t for t in loop if re.match(r"vmla\.f32\s+q\d+, q\d+, q\d+$", t)]
+    loads = [t for t in loop if t.startswith("vld")]
+    spills = [t for t in loop if re.match(r"(v?st|vpush|push)", t) or "[sp" in t]
+    assert len(macs) == 49 and len(loads) == 20 and not spills, loop
 
 
 def test_packaging_a_missing_library_says_so(tmp_path):

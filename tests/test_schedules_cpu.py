@@ -201,17 +201,55 @@ def test_neon_gemm_samples_its_row_blocks_when_tuned():
     assert len(sampled) >= 2
 
 
+def _depthwise_gated(height: int, width: int, channels: int, stride: int = 1):
+    """ParCNetV2's depth-wise 7x7 conv with the add and gate fused after it (NHWC, HWIO)."""
+    from tvm import te, topi
+
+    x = te.placeholder((1, height, width, channels), name="x")
+    weights = te.placeholder((7, 7, 1, channels), name="w")
+    other, gate = (te.placeholder(x.shape if stride == 1 else (1, height // 2, width // 2, channels), name=n)
+                   for n in ("other", "gate"))
+    conv = topi.nn.group_conv2d_nhwc(x, weights, stride, 3, 1, channels)
+    out = topi.multiply(gate, topi.add(other, conv))
+    return te.create_prim_func([x, weights, other, gate, out])
+
+
+def test_neon_depthwise_kernel_takes_the_7x7_convs_of_whole_groups_of_7_outputs():
+    """Our NEON kernel computes 7 outputs of a row: convs of other widths, windows or strides
+    keep the LLVM tile (T's four depth-wise convs at 224 all fit: 56, 28, 14 and 7 wide)."""
+    from tvm import s_tir
+
+    from parcnet_tvm.schedules import neon_depthwise
+    from parcnet_tvm.schedules.cpu_depthwise import DepthwiseConvCpu
+
+    for size, channels in ((56, 64), (28, 128), (14, 320), (7, 512)):
+        assert neon_depthwise.fits(size, size, channels, (7, 7), [1, size + 6, size + 6, channels], [7, 7, 1, channels])
+    assert not neon_depthwise.fits(8, 8, 64, (7, 7), [1, 14, 14, 64], [7, 7, 1, 64])      # 8 wide
+    assert not neon_depthwise.fits(7, 7, 64, (5, 5), [1, 11, 11, 64], [5, 5, 1, 64])      # 5x5 window
+    assert not neon_depthwise.fits(7, 7, 64, (7, 7), [1, 20, 20, 64], [7, 7, 1, 64])      # stride 2
+    assert not neon_depthwise.fits(7, 7, 66, (7, 7), [1, 13, 13, 66], [7, 7, 1, 66])      # partial vector
+    arm = named("neon").target
+    for func, on_kernel in ((_depthwise_gated(14, 14, 64), True), (_depthwise_gated(16, 16, 64), False),
+                            (_depthwise_gated(28, 28, 64, stride=2), False)):
+        sch = s_tir.Schedule(func)
+        assert DepthwiseConvCpu().schedule(sch, arm, False)
+        assert (neon_depthwise.SYMBOL in sch.mod.script()) == on_kernel
+
+
 @pytest.mark.usefixtures("runtime")
-def test_neon_gemm_micro_kernel_matches_numpy_on_the_emulated_board(tmp_path):
+def test_neon_kernels_match_numpy_on_the_emulated_board(tmp_path):
     """GEMMs on our NEON micro-kernel, run on the emulated board: rows padded to whole tiles
     (49 rows: only the real rows written, the bias fused), copied weight panels (rows 960 floats
     apart alias few L1 sets, copied per step of two reduction steps), a reduction of 148 (the
-    stem's im2col), a single row, and 3136 rows padded to 525 tiles in row blocks."""
+    stem's im2col), a single row, and 3136 rows padded to 525 tiles in row blocks. Depth-wise
+    convs on our NEON kernel with their add and gate: 64 channels (lines of 16, 2 bands of rows,
+    the padded copy's pixels aligned), 36 channels (lines of one vector) 21 wide."""
     from tvm import s_tir
 
     from parcnet_tvm import board
     from parcnet_tvm.pipeline import kernel_scratch_bytes
-    from parcnet_tvm.schedules import neon_gemm
+    from parcnet_tvm.schedules import neon_depthwise, neon_gemm
+    from parcnet_tvm.schedules.cpu_depthwise import DepthwiseConvCpu
     from parcnet_tvm.schedules.cpu_gemm import GemmCpu
     from parcnet_tvm.targets import arm_linker
 
@@ -233,6 +271,18 @@ def test_neon_gemm_micro_kernel_matches_numpy_on_the_emulated_board(tmp_path):
         assert kernel_scratch_bytes(sch.mod) == neon_gemm.padded_tiles(rows) * 6 * depth * 4
         libraries.append(tmp_path / f"gemm_{rows}_{columns}_{depth}.so")
         tvm.compile(sch.mod, target=arm.target).export_library(str(libraries[-1]), fcompile=arm_linker())
+    depthwise = [(14, 14, 64), (7, 21, 36)]
+    for height, width, channels in depthwise:
+        sch = s_tir.Schedule(_depthwise_gated(height, width, channels))
+        assert DepthwiseConvCpu().schedule(sch, arm.target, False)
+        script = sch.mod.script()
+        assert neon_depthwise.SYMBOL in script and "buffer_dim_align" in script
+        if channels == 64:  # 4 lines x 2 bands of 7 rows: 8 jobs, 2 per core
+            assert "T.parallel(8)" in script
+            # the padded copy's pixels 80 floats apart (5 cache lines), which the footprint counts
+            assert kernel_scratch_bytes(sch.mod) == 20 * 20 * 80 * 4
+        libraries.append(tmp_path / f"depthwise_{height}_{width}_{channels}.so")
+        tvm.compile(sch.mod, target=arm.target).export_library(str(libraries[-1]), fcompile=arm_linker())
     rng = np.random.default_rng(0)
     with board.emulated_board(log=lambda *_: None) as tracker:
         session = board.connect(tracker, board.EMULATED_KEY, None)
@@ -245,11 +295,23 @@ def test_neon_gemm_micro_kernel_matches_numpy_on_the_emulated_board(tmp_path):
             out = tvm.runtime.tensor(np.full((rows, columns), np.nan, "float32"), device)
             kernel(*(tvm.runtime.tensor(x, device) for x in (a, b, bias)), out)
             np.testing.assert_allclose(out.numpy(), a @ b + bias, rtol=1e-4, atol=1e-4)
+        for (height, width, channels), library in zip(depthwise, libraries[len(shapes):]):
+            session.upload(str(library))
+            kernel = session.load_module(library.name)["main"]
+            x, other, gate = (rng.standard_normal((1, height, width, channels), "float32") for _ in range(3))
+            weights = rng.standard_normal((7, 7, 1, channels), "float32")
+            out = tvm.runtime.tensor(np.full(x.shape, np.nan, "float32"), device)
+            kernel(*(tvm.runtime.tensor(v, device) for v in (x, weights, other, gate)), out)
+            padded = np.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
+            conv = sum(padded[:, ry:ry + height, rx:rx + width, :] * weights[ry, rx, 0]
+                       for ry in range(7) for rx in range(7))
+            np.testing.assert_allclose(out.numpy(), gate * (other + conv), rtol=1e-4, atol=1e-4)
 
 
 def test_neon_depthwise_loads_each_input_vector_once_per_kernel_row(fused_xt):
-    """NEON (16 registers): a depth-wise conv's tile is one channel vector of at most 4 outputs,
-    and its kernel row (7 taps) is unrolled, so the 4 + 6 input vectors are loaded once per row."""
+    """NEON (16 registers), widths our kernel does not take (XT at 64: 16, 8, 4, 2): a depth-wise
+    conv's tile is one channel vector of at most 4 outputs, and its kernel row (7 taps) is
+    unrolled, so the 4 + 6 input vectors are loaded once per row."""
     scheduled, used = schedule_kernels(fused_xt, named("neon").target)
     assert used["cpu_depthwise_conv"]
     for kernel in used["cpu_depthwise_conv"]:
