@@ -232,15 +232,22 @@ def kernel_scratch_bytes(lowered: tvm.IRModule) -> int:
 
 
 def _aligned_axes(func) -> dict:
-    """{buffer name: [(axis, factor, offset)]} from the storage_align annotations of the
-    blocks under the root block (those that write its buffers)."""
+    """{buffer name: [(axis, factor, offset)]} from the storage_align annotations of the blocks
+    under loops of the root block (those that write its buffers)."""
     found = {}
-    if "buffer_dim_align" not in func.script():
-        return found
-    sch = tvm.s_tir.Schedule(func)
-    for block in (sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))):
-        for index, axis, factor, offset in block.annotations.get("buffer_dim_align", ()):
-            found.setdefault(str(block.writes[int(index)].source.name), []).append((int(axis), int(factor), int(offset)))
+
+    def walk(stmt):
+        if isinstance(stmt, tvm.tirx.SeqStmt):
+            for part in stmt.seq:
+                walk(part)
+        elif isinstance(stmt, tvm.tirx.For):
+            walk(stmt.body)
+        elif isinstance(stmt, tvm.s_tir.SBlockRealize):
+            block = stmt.block
+            for index, axis, factor, offset in block.annotations.get("buffer_dim_align", ()):
+                found.setdefault(str(block.writes[int(index)].source.name), []).append((int(axis), int(factor), int(offset)))
+
+    walk(func.body.block.body)
     return found
 
 

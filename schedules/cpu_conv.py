@@ -40,7 +40,7 @@ def schedule_conv_nhwc(sch: s_tir.Schedule, target: Target, tunable: bool, names
         reads = sch.get(conv).reads
         window = tuple(int(iv.dom.extent) for iv in sch.get(conv).iter_vars[4:6])
         padded, weights = ([int(d) for d in r.source.shape] for r in reads[:2])
-        if neon_depthwise.fits(height, width, channels, window, padded, weights):
+        if neon_depthwise.fits(height, width, channels, window, padded, weights, str(sch.get(conv).writes[0].source.dtype)):
             neon_depthwise.kernel_tile(sch, pad, conv, cpu.lanes, cpu.cores)
             if tunable:
                 mark_root_untouchable(sch)

@@ -6,7 +6,7 @@ input vectors of that row stream through: 20 loads per 49 multiply-adds, where L
 for the tile before (2 outputs, kernel row unrolled) loaded 1.1 per multiply-add.
 
 Walk: parallel over (line of 16 channels: one 64-byte cache line of every pixel, band of
-output rows); per job the line's weights are copied to a 3 KB buffer (in the model's HWIO
+output rows); per job the line's weights are copied to a buffer of their own (3 KB; in HWIO
 layout, taps a pixel apart, the 49 taps of a channel vector at C = 512 fell in 4 of the L1's
 128 sets); then output rows, groups of 7 outputs, the line's 4 channel vectors: one kernel
 call each, and the write of its 7 outputs with the fused add and gate. The padded input
@@ -29,11 +29,12 @@ SYMBOL = "parcnet_dwconv_7x7_x7"
 INTRINSIC = "parcnet_neon_dwconv_7x7_x7"
 
 
-def fits(height: int, width: int, channels: int, window: tuple[int, int], padded_shape, weights_shape) -> bool:
-    """Whether an NHWC depth-wise conv is made of whole kernel calls: a 7 x 7 window at stride
-    1 over a padded (N, H + 6, W + 6, C) input, widths of whole groups of 7 outputs, whole
+def fits(height: int, width: int, channels: int, window: tuple[int, int], padded_shape, weights_shape,
+         dtype: str = "float32") -> bool:
+    """Whether an NHWC depth-wise conv is made of whole kernel calls: fp32, a 7 x 7 window at
+    stride 1 over a padded (N, H + 6, W + 6, C) input, widths of whole groups of 7 outputs, whole
     channel vectors, HWIO weights (7, 7, 1, C)."""
-    return (window == (TAPS, TAPS) and width % OUTPUTS == 0 and channels % LANES == 0
+    return (dtype == "float32" and window == (TAPS, TAPS) and width % OUTPUTS == 0 and channels % LANES == 0
             and list(padded_shape[1:]) == [height + TAPS - 1, width + TAPS - 1, channels]
             and list(weights_shape) == [TAPS, TAPS, 1, channels])
 
@@ -62,14 +63,16 @@ def _functions():
         A = T.match_buffer(a, (1, TAPS, span, LANES), "float32", offset_factor=1, strides=[a0, a_row, a_pixel, 1])
         B = T.match_buffer(b, (TAPS, TAPS, 1, LANES), "float32", offset_factor=1, strides=[b_row, b_tap, b0, 1],
                            scope="local")
-        C = T.match_buffer(c, (1, 1, OUTPUTS, LANES), "float32", offset_factor=1, scope="local")
+        c0, c1 = T.int32(), T.int32()
+        # The kernel reads and writes the 7 outputs as 28 contiguous floats: lowering checks it.
+        C = T.match_buffer(c, (1, 1, OUTPUTS, LANES), "float32", offset_factor=1, scope="local",
+                           strides=[c0, c1, LANES, 1])
         with T.sblock("root"):
             T.reads(C[0, 0, 0:OUTPUTS, 0:LANES], A[0, 0:TAPS, 0:span, 0:LANES], B[0:TAPS, 0:TAPS, 0, 0:LANES])
             T.writes(C[0, 0, 0:OUTPUTS, 0:LANES])
-            # Kernel rows are 7 taps apart in HWIO weights (`fits`), so only the tap stride is passed.
             T.evaluate(T.call_extern("int32", SYMBOL, C.access_ptr("rw"), A.access_ptr("r"),
                                      T.Cast("int32", a_row), T.Cast("int32", a_pixel),
-                                     B.access_ptr("r"), T.Cast("int32", b_tap)))
+                                     B.access_ptr("r"), T.Cast("int32", b_row), T.Cast("int32", b_tap)))
 
     return description, implementation
 
@@ -77,8 +80,9 @@ def _functions():
 def kernel_tile(sch: s_tir.Schedule, pad, conv, lanes: int, cores: int) -> None:
     """Schedule the conv (loops n, y, x, c, ry, rx, rc; `fits` holds) onto the kernel: parallel
     over (channel line, band of output rows), at least 2 per core; per job the line's weights
-    copied to a 3 KB buffer, then per output row, group of 7 outputs and channel vector of the
-    line, one kernel call and the write of its 7 outputs with the fused ops."""
+    copied to a buffer of their own (3 KB for 16 channels), then per output row, group of 7
+    outputs and channel vector of the line, one kernel call and the write of its 7 outputs with
+    the fused ops."""
     n, y, x, c, ry, rx, rc = sch.get_loops(conv)
     height, channels = int(sch.get(y).extent), int(sch.get(c).extent)
     line = LINE_VECTORS if channels % (LINE_VECTORS * LANES) == 0 else 1
@@ -106,10 +110,10 @@ def kernel_tile(sch: s_tir.Schedule, pad, conv, lanes: int, cores: int) -> None:
     sch.tensorize(sch.get_loops(conv)[-4], INTRINSIC)
     if pad is not None:
         # The padded copy's pixels an odd number of cache lines apart (C rounded up to 16 more
-        # than a multiple of 64 floats): with C a multiple of 64 the 91 input vectors of a
-        # kernel call fell in a few L1 sets and most of them missed (~60 misses per call at
-        # 56 x 56 x 64, ~4 once padded: a simulated 32 KB 4-way L1).
-        sch.storage_align(pad, 0, axis=2, factor=64, offset=16)
+        # than a multiple of 32 floats: 48 stays, 64 -> 80): with C a multiple of 64 the 91
+        # input vectors of a kernel call fell in a few L1 sets and most of them missed (~60
+        # misses per call at 56 x 56 x 64, ~4 once aligned: a simulated 32 KB 4-way L1).
+        sch.storage_align(pad, 0, axis=2, factor=32, offset=16)
         parallel_elementwise(sch, pad, lanes)
 
 

@@ -158,7 +158,9 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_micro_kernel_loads_once_per_si
     spills = [t for t in loop if re.match(r"(v?st|vpush|push)", t) or "[sp" in t]
     assert len(by_lane) >= 12 and len(loads) * 6 <= len(by_lane) and not spills, loop
     # The depth-wise kernel (linked into every ARM library; XT at 64 has no conv it takes): per
-    # kernel row, 7 weight and 13 input vectors loaded for 49 multiply-adds, nothing spilled.
+    # kernel row, 7 weight and 13 input vectors loaded for 49 multiply-adds, nothing spilled;
+    # it uses all 16 q registers, so it saves the callee-saved d8-d15 (AAPCS).
+    assert any(re.match(r"vpush\s+\{d8-d15\}", t) for _, t in functions["parcnet_dwconv_7x7_x7"][:8])
     (loop,) = _innermost_fma_loops(functions["parcnet_dwconv_7x7_x7"])
     macs = [t for t in loop if re.match(r"vmla\.f32\s+q\d+, q\d+, q\d+$", t)]
     loads = [t for t in loop if t.startswith("vld")]

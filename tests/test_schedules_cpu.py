@@ -226,8 +226,9 @@ def test_neon_depthwise_kernel_takes_the_7x7_convs_of_whole_groups_of_7_outputs(
         assert neon_depthwise.fits(size, size, channels, (7, 7), [1, size + 6, size + 6, channels], [7, 7, 1, channels])
     assert not neon_depthwise.fits(8, 8, 64, (7, 7), [1, 14, 14, 64], [7, 7, 1, 64])      # 8 wide
     assert not neon_depthwise.fits(7, 7, 64, (5, 5), [1, 11, 11, 64], [5, 5, 1, 64])      # 5x5 window
-    assert not neon_depthwise.fits(7, 7, 64, (7, 7), [1, 20, 20, 64], [7, 7, 1, 64])      # stride 2
+    assert not neon_depthwise.fits(7, 7, 64, (7, 7), [1, 20, 20, 64], [7, 7, 1, 64])      # padded for stride 2
     assert not neon_depthwise.fits(7, 7, 66, (7, 7), [1, 13, 13, 66], [7, 7, 1, 66])      # partial vector
+    assert not neon_depthwise.fits(7, 7, 64, (7, 7), [1, 13, 13, 64], [7, 7, 1, 64], "float16")
     arm = named("neon").target
     for func, on_kernel in ((_depthwise_gated(14, 14, 64), True), (_depthwise_gated(16, 16, 64), False),
                             (_depthwise_gated(28, 28, 64, stride=2), False)):
@@ -281,6 +282,8 @@ def test_neon_kernels_match_numpy_on_the_emulated_board(tmp_path):
             assert "T.parallel(8)" in script
             # the padded copy's pixels 80 floats apart (5 cache lines), which the footprint counts
             assert kernel_scratch_bytes(sch.mod) == 20 * 20 * 80 * 4
+        else:  # 36 channels (2.25 lines): 48 floats, 3 lines apart
+            assert kernel_scratch_bytes(sch.mod) == 13 * 27 * 48 * 4
         libraries.append(tmp_path / f"depthwise_{height}_{width}_{channels}.so")
         tvm.compile(sch.mod, target=arm.target).export_library(str(libraries[-1]), fcompile=arm_linker())
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-// The NEON depth-wise 7x7 kernel our ARM depth-wise schedule calls (schedules/cpu_depthwise.py).
+// The NEON depth-wise 7x7 kernel our ARM depth-wise schedule calls (schedules/neon_depthwise.py).
 //
 // Why hand-written: for 7 outputs of a row, one channel vector, each kernel row needs 13 input
 // vectors and 7 weight vectors for 49 multiply-adds. Held in registers (7 accumulators, 7
@@ -11,11 +11,13 @@
 // C[0:7, 0:4] += sum over ry, rx < 7 of A[ry, x + rx, 0:4] * B[ry, rx, 0:4] for x < 7: C is 7
 // vectors of 4 floats (contiguous), A the padded input (row stride `a_row`, pixel stride
 // `a_pixel`, in floats), B the HWIO weights of one channel vector (tap stride `b_tap`, kernel
-// rows 7 taps apart). Strides are in floats; each pointer's vectors are 16-byte aligned or not
-// (vld1 takes either).
+// row stride `b_row`: the weight pointer walks the 49 taps in one stride, so rows must be 7
+// taps apart; anything else traps rather than compute a wrong conv). Strides are in floats;
+// vectors need not be 16-byte aligned (vld1 takes either).
 extern "C" __attribute__((visibility("default")))
 int32_t parcnet_dwconv_7x7_x7(float* c, const float* a, int32_t a_row, int32_t a_pixel,
-                              const float* b, int32_t b_tap) {
+                              const float* b, int32_t b_row, int32_t b_tap) {
+  if (b_row != 7 * b_tap) __builtin_trap();
   int32_t row_bytes = a_row * 4;
   int32_t pixel_bytes = a_pixel * 4;
   int32_t tap_bytes = b_tap * 4;
