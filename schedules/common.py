@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 
 from parcnet_tvm.oversized import H_BLOCK, SCHEDULE_RULE, W_BLOCK
+
+
+@contextlib.contextmanager
+def frames_without_source():
+    """TVMScript parsed in here gets call stacks without source lines. Each `@T.prim_func` calls
+    inspect.stack(), which reads every frame's source line and, to find it, scans sys.modules
+    once per frame: slow with torch imported. TVM's ~300 tensor intrinsics, which the first
+    TuneContext imports, took 24-39 s of every tuning process here, 10 s without source lines.
+    The parser looks at the frames' variables; it reads a source line only for a function
+    defined in a class (an ir_module), which none of the functions parsed in here is."""
+    original = inspect.stack
+    inspect.stack = lambda context=1: original(0)
+    try:
+        yield
+    finally:
+        inspect.stack = original
 
 
 def oversized_blocks(sch: s_tir.Schedule):

@@ -21,6 +21,7 @@ from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from .common import frames_without_source
 from .cpu_tiling import elementwise_consumers, parallel_elementwise
 
 TAPS, OUTPUTS, LANES = 7, 7, 4  # the kernel: a 7 x 7 window, 7 outputs, one 4-lane vector
@@ -118,4 +119,5 @@ def kernel_tile(sch: s_tir.Schedule, pad, conv, lanes: int, cores: int) -> None:
 
 
 # Registered on import (one intrinsic, fixed shape): a tuning log's traces name it when replayed.
-TensorIntrin.register(INTRINSIC, *_functions(), override=True)
+with frames_without_source():
+    TensorIntrin.register(INTRINSIC, *_functions(), override=True)

@@ -23,6 +23,7 @@ from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from .common import frames_without_source
 from .cpu_tiling import elementwise_consumers
 
 TILE_ROWS, COLUMNS, DEPTH_STEP = 6, 8, 4  # the kernel's tile; the reduction step packing reads
@@ -55,7 +56,8 @@ def intrinsic(depth: int, weights_scope: str) -> str:
     (global, or local for a copied panel), registered on first use."""
     name = INTRINSIC_NAME.format(depth=depth, scope=weights_scope)
     if name not in _REGISTERED:
-        TensorIntrin.register(name, *_functions(depth, weights_scope), override=True)
+        with frames_without_source():
+            TensorIntrin.register(name, *_functions(depth, weights_scope), override=True)
         _REGISTERED.add(name)
     return name
 

@@ -1,5 +1,6 @@
 """board.py: measuring trials on a board through RPC (a tracker, or a direct address)."""
 
+import contextlib
 import dataclasses
 import subprocess
 import sys
@@ -35,11 +36,10 @@ def x86_server(tracker_port: int) -> tuple[subprocess.Popen, str]:
     return server, f"127.0.0.1:{port}"
 
 
-@pytest.fixture
-def board_pool(request):
-    """A Python RPC tracker with `request.param` x86 RPC servers under one key, on 127.0.0.1:
+@contextlib.contextmanager
+def board_pool(count: int):
+    """A Python RPC tracker with `count` x86 RPC servers under one key, on 127.0.0.1:
     yields (tracker HOST:PORT, [(server process, its HOST:PORT)])."""
-    count = getattr(request, "param", 1)
     port = free_port()
     tracker = start_tracker(port)  # listening when it returns
     servers = [x86_server(port) for _ in range(count)]
@@ -52,14 +52,17 @@ def board_pool(request):
         stop(tracker)
 
 
-@pytest.fixture
-def rpc_tracker_with_server(board_pool):
-    return board_pool[0]
+@pytest.fixture(scope="module")
+def two_boards():
+    """Two boards under test-board, shared by the tests that leave them as they were (each
+    server is a Python process importing TVM: ~20 s to start a pool)."""
+    with board_pool(2) as pool:
+        yield pool
 
 
-def test_rpc_runner_measures_on_a_server_through_the_tracker(fused_xt, rpc_tracker_with_server, tmp_path):
+def test_rpc_runner_measures_on_a_server_through_the_tracker(fused_xt, two_boards, tmp_path):
     fused, named = fused_xt, get_target("x86")
-    measurement = rpc_measurement(named, tracker=rpc_tracker_with_server, key="test-board")
+    measurement = rpc_measurement(named, tracker=two_boards[0], key="test-board")  # one board of the two
     summary = tune_fused_module(fused, named, tmp_path, TuneBudget(2, 64, 2), measurement, only=ONLY,
                                 log=lambda *_: None)
     assert summary.trials_new == 2 and summary.best_ms  # measured through RPC
@@ -93,15 +96,14 @@ def test_a_board_that_cannot_be_reached_is_one_error_within_seconds():
     assert time.time() - started < 30
 
 
-def test_a_tracker_without_the_key_names_the_keys_it_has(rpc_tracker_with_server):
-    check_reachable(rpc_tracker_with_server, "test-board", None)  # the right key: no error
+def test_a_tracker_without_the_key_names_the_keys_it_has(two_boards):
+    check_reachable(two_boards[0], "test-board", None)  # the right key: no error
     with pytest.raises(ParcnetError, match="no board is registered under key 'rk3288'.*keys there: test-board"):
-        check_reachable(rpc_tracker_with_server, "rk3288", None)
+        check_reachable(two_boards[0], "rk3288", None)
 
 
-@pytest.mark.parametrize("board_pool", [2], indirect=True)
-def test_a_pool_of_boards_measures_trials_on_every_board(fused_xt, board_pool, tmp_path):
-    tracker, servers = board_pool
+def test_a_pool_of_boards_measures_trials_on_every_board(fused_xt, two_boards, tmp_path):
+    tracker, servers = two_boards
     fused, named = fused_xt, get_target("x86")
     assert boards_under_key(tracker, "test-board") == 2
     messages = []
@@ -115,9 +117,13 @@ def test_a_pool_of_boards_measures_trials_on_every_board(fused_xt, board_pool, t
     assert len(record_lines(tmp_path)) == 8
 
 
-@pytest.mark.parametrize("board_pool", [2], indirect=True)
-def test_a_board_lost_mid_run_costs_only_its_trials_in_flight(fused_xt, board_pool, tmp_path):
-    tracker, servers = board_pool
+def test_a_board_lost_mid_run_costs_only_its_trials_in_flight(fused_xt, tmp_path):
+    with board_pool(2) as pool:  # a pool of its own: one of its boards is stopped
+        _lost_mid_run(fused_xt, pool, tmp_path)
+
+
+def _lost_mid_run(fused_xt, pool, tmp_path):
+    tracker, servers = pool
     (_, kept), (lost, lost_address) = servers
     fused, named = fused_xt, get_target("x86")
     measurement = rpc_measurement(named, tracker=tracker, key="test-board", boards=2)

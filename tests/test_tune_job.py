@@ -164,7 +164,7 @@ def test_killed_run_keeps_every_committed_record(fused_xt, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
-        while len(record_lines(work)) < 4:
+        while len(record_lines(work)) < 2:  # the first batch committed
             assert process.poll() is None, "tune.py ended before it was killed"
             assert time.time() < deadline, "no records after 300 s"
             time.sleep(0.5)
@@ -173,7 +173,7 @@ def test_killed_run_keeps_every_committed_record(fused_xt, tmp_path):
         process.wait()
     kept = record_lines(work)
     valid = [line for line in kept if _is_json(line)]
-    assert len(valid) >= 4 and len(valid) >= len(kept) - 1  # at most a half-written last line
+    assert len(valid) >= 2 and len(valid) >= len(kept) - 1  # at most a half-written last line
     fused, named = fused_xt, get_target("x86")
     resumed = tune_fused_module(fused, named, work, TuneBudget(len(valid) + 2, 64, 2), local_measurement(named),
                                 only=ONLY, log=lambda *_: None)

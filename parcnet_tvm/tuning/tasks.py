@@ -16,6 +16,7 @@ from ..errors import ParcnetError
 from ..log_lock import writing
 from ..rewrite import PRIMFUNC_PREFIX
 from ..schedules import hand_rule_for, hand_rule_space, register_metaschedule_rules
+from ..schedules.common import frames_without_source
 from ..targets import NamedTarget, host_cores
 from ..tuning_log import copy_records, open_database, record_counts
 from .budget import TuneBudget, task_flops, task_trial_caps, write_budget_record
@@ -68,6 +69,8 @@ def task_contexts(tasks, named: NamedTarget, work_dir, design_space: str = "ours
     if design_space not in DESIGN_SPACES:
         raise ParcnetError(f"unknown design space {design_space!r}: choose one of {', '.join(DESIGN_SPACES)}")
     register_metaschedule_rules(named.target)  # our op's annotated blocks, in the generic space
+    with frames_without_source():  # the first TuneContext imports TVM's tensor intrinsics
+        import tvm.s_tir.tensor_intrin  # noqa: F401
     contexts = []
     loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
     for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks))):
