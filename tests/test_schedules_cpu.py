@@ -235,6 +235,14 @@ def test_neon_depthwise_kernel_takes_the_7x7_convs_of_whole_groups_of_7_outputs(
         sch = s_tir.Schedule(func)
         assert DepthwiseConvCpu().schedule(sch, arm, False)
         assert (neon_depthwise.SYMBOL in sch.mod.script()) == on_kernel
+    # tuning: the schedule's trace (our kernel's intrinsic in it) replays on a fresh schedule, as
+    # MetaSchedule replays a log's records, and compiles
+    sch = s_tir.Schedule(_depthwise_gated(14, 14, 64))
+    assert DepthwiseConvCpu().schedule(sch, arm, True)
+    replayed = s_tir.Schedule(_depthwise_gated(14, 14, 64))
+    sch.trace.apply_to_schedule(replayed, remove_postproc=False)
+    tvm.ir.assert_structural_equal(replayed.mod, sch.mod)
+    tvm.compile(replayed.mod, target=arm)
 
 
 @pytest.mark.usefixtures("runtime")
