@@ -258,7 +258,7 @@ def _elements(buffer, aligned) -> int:
     rules = {axis: (factor, offset) for axis, factor, offset in aligned}
     stride = 1
     for axis in range(len(shape) - 1, -1, -1):
-        if axis in rules and axis < len(shape) - 1:
+        if axis in rules:  # TVM aligns the innermost axis too (its stride of 1 rounded up)
             factor, offset = rules[axis]
             stride += (offset - stride) % factor
         stride *= shape[axis]

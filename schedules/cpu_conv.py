@@ -50,10 +50,10 @@ def schedule_conv_nhwc(sch: s_tir.Schedule, target: Target, tunable: bool, names
         width, channels // lanes, cpu.vector_registers, inputs_per_vector=int(depthwise))
     # Depth-wise: unroll the kernel's columns (neighbouring outputs then share input vectors)
     # where the register file has room for them: 32 registers take the tile above. With 16
-    # (NEON; convs that our kernel does not fit) the tile is one channel vector of `rows` outputs whose kernel row (7 taps) is
-    # unrolled: rows + 6 input vectors, loaded once per kernel row and shared by the taps,
-    # rows accumulators and a weight vector must fit (rows <= 4 at 7 taps); the default
-    # tile above loaded an input vector per multiply-add.
+    # (NEON; convs that our kernel does not fit) the tile is one channel vector of `rows`
+    # outputs whose kernel row (7 taps) is unrolled: rows + 6 input vectors, loaded once per
+    # kernel row and shared by the taps, rows accumulators and a weight vector must fit (rows
+    # <= 4 at 7 taps); the default tile above loaded an input vector per multiply-add.
     unroll = 2 if depthwise and cpu.vector_registers >= 32 else 0
     if depthwise and cpu.isa == "neon":
         taps = int(sch.get(sch.get_loops(conv)[-2]).extent)  # reductions: kernel rows, columns, 1 channel
