@@ -1,8 +1,10 @@
 """Hand-written NEON kernels linked into every ARM library (`arm_kernels/*.cc`).
 
-TVM emits every kernel of a library but two inner loops, which our ARM schedules call as
-extern functions: the GEMM micro-kernel (`arm_kernels/neon_sgemm.cc`, `schedules/neon_gemm.py`)
-and the depth-wise 7x7 kernel (`arm_kernels/neon_depthwise.cc`, `schedules/neon_depthwise.py`).
+TVM emits every kernel of a library but these, which our ARM libraries call as extern
+functions: the GEMM micro-kernel (`arm_kernels/neon_sgemm.cc`, `schedules/neon_gemm.py`) and
+the depth-wise 7x7 kernel (`arm_kernels/neon_depthwise.cc`, `schedules/neon_depthwise.py`),
+inner loops of our schedules; the GELUs and GELU gates (`arm_kernels/neon_gelu.cc`), whole
+rows called from the graph (`gelu_gates.py`).
 Their object files are compiled once per source text by the same cross compiler that links the
 libraries, cached under build/neon-kernels/<sha>, and passed to every ARM link (a built
 library, a tuning trial).

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax
 
-from .fast_math import legalize_map
+from .fast_math import legalize_map, uses_fast_erf
+from .gelu_gates import rewrite_gelus
 from .layout import count_transposes, to_channels_last
 from .norm import fuse_layer_norms
 from .rewrite import rewrite_oversized_convs
@@ -100,6 +101,13 @@ def fuse_layer_norms_pass(mod, _ctx):
     return _reported(mod, layer_norms_fused=fused)
 
 
+@tvm.transform.module_pass(opt_level=0, name="RewriteGelus")
+def rewrite_gelus_pass(mod, _ctx):
+    """ARM: each GELU gate and each GELU of a channel half as calls of our NEON kernel."""
+    mod, gates, gelus = rewrite_gelus(mod)
+    return _reported(mod, neon_gelu_gates=gates, neon_gelus=gelus)
+
+
 @tvm.transform.module_pass(opt_level=0, name="ApplyTuningLogs")
 class ApplyTuningLogs:
     """Kernels the tuning logs have records for take their best schedule."""
@@ -139,11 +147,13 @@ def legalize_and_fuse(target_kind: str, exact_math: bool = False) -> list:
 # ---------------------------------------------------------------- one list per target kind
 
 def cpu_graph_passes(named: NamedTarget, options: PipelineOptions) -> list:
+    arm = named.name == "arm"
     return [
-        *([RewriteOversizedConvs(options.oversized_algo, "arm" if named.name == "arm" else "llvm")]
-          if options.custom_op else []),
-        ToChannelsLast(neon_gemm.DEPTH_STEP if named.name == "arm" else None),
+        *([RewriteOversizedConvs(options.oversized_algo, "arm" if arm else "llvm")] if options.custom_op else []),
+        ToChannelsLast(neon_gemm.DEPTH_STEP if arm else None),
         fuse_layer_norms_pass,
+        # the NEON kernel computes the fast erf: not with exact maths
+        *([rewrite_gelus_pass] if arm and uses_fast_erf("llvm", options.exact_math) else []),
         *legalize_and_fuse("llvm", options.exact_math),
     ]
 

@@ -76,7 +76,8 @@ def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.
     """Schedule every kernel (PrimFunc) of a legalized, fused `mod` that a tuning database has
     not scheduled, by the first rule that matches it. Returns the module and which rule
     scheduled which kernels: {rule name: [kernel names]} (`tuning_database` for the kernels
-    that came scheduled, `tvm_default_fallback` for any no rule took)."""
+    that came scheduled, the kernel's `parcnet_kernel` for a graph pass's call of a kernel of
+    ours, `tvm_default_fallback` for any no rule took)."""
     rules = rules_for(target)
     used: dict[str, list[str]] = {}
     updated = {}
@@ -85,8 +86,8 @@ def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.
             if not isinstance(func, tirx.PrimFunc):
                 continue
             name = var.name_hint
-            if _is_scheduled(func):
-                used.setdefault(FROM_DATABASE, []).append(name)
+            if _is_scheduled(func):  # by a tuning log, or a graph pass's call of a kernel of ours
+                used.setdefault(str(func.attrs.get("parcnet_kernel", FROM_DATABASE)), []).append(name)
                 continue
             for rule in rules:
                 sch = rule.apply(func, target, False)

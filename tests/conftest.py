@@ -71,8 +71,8 @@ def xt_arm(runtime, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def fused_xt():
-    """XT at 64x64 after our graph passes, legalization and fusion for x86 (the same graph on
-    every CPU): the module MetaSchedule extracts tasks from."""
+    """XT at 64x64 after our graph passes, legalization and fusion for x86 (ARM's differs only
+    in its GELUs, calls of our NEON kernel): the module MetaSchedule extracts tasks from."""
     from parcnet_tvm.frontend import import_model
     from parcnet_tvm.pipeline import fused_module
     from parcnet_tvm.targets import get_target

@@ -133,7 +133,8 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_micro_kernel_loads_once_per_si
     oversized kernels' inner loops multiply-add on q registers; every GEMM kernel calls our
     micro-kernel, whose inner loop multiply-adds by lane (`vmla.f32 q, q, d[x]`), loads one
     SIMD register group per 6 of them and keeps everything in registers (no store, nothing
-    read from the stack); so does our depth-wise kernel (20 loads per 49 multiply-adds)."""
+    read from the stack); so does our depth-wise kernel (20 loads per 49 multiply-adds), and our
+    GELU kernels keep the fast erf's constants in registers."""
     library, manifest = xt_arm
     assert not [rule for rule in manifest["kernel_schedules"] if "fallback" in rule]
     disassembly = subprocess.run(["arm-linux-gnueabihf-objdump", "-d", "--no-show-raw-insn", str(library)],
@@ -166,6 +167,18 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_micro_kernel_loads_once_per_si
     loads = [t for t in loop if t.startswith("vld")]
     spills = [t for t in loop if re.match(r"(v?st|vpush|push)", t) or "[sp" in t]
     assert len(macs) == 49 and len(loads) == 20 and not spills, loop
+    # The GELU kernels (every ARM library's GELUs call them): per 4 outputs 1 load (2 with the
+    # gate) and 1 store, the erf's constants used by lane from registers (no constant reloads),
+    # the division a reciprocal estimate (no VFP divide), nothing spilled.
+    for symbol, data_loads in (("parcnet_gelu_rows", 1), ("parcnet_gelu_gate_rows", 2)):
+        assert not [t for _, t in functions[symbol] if t.startswith("vdiv")], symbol
+        (loop,) = _innermost_fma_loops(functions[symbol])
+        loads = [t for t in loop if t.startswith("vld")]
+        stores = [t for t in loop if t.startswith("vst")]
+        by_lane = [t for t in loop if re.match(r"vml[as]\.f32\s+q\d+, q\d+, d\d+\[[01]\]", t)]
+        # by lane: P's 6 terms after its constant, Q's 4, and 1/2 + erf/2
+        assert len(loads) == data_loads and len(stores) == 1 and len(by_lane) == 11, loop
+        assert any(t.startswith("vrecpe.f32") for t in loop) and not any("[sp" in t for t in loop), loop
 
 
 def test_packaging_a_missing_library_says_so(tmp_path):

@@ -2,6 +2,7 @@
 kernel computes what TVM's unscheduled kernel computes, that tiles follow the target, and
 that the rules are MetaSchedule's design space."""
 
+import math
 import re
 
 import numpy as np
@@ -252,10 +253,12 @@ def test_neon_kernels_match_numpy_on_the_emulated_board(tmp_path):
     apart alias few L1 sets, copied per step of two reduction steps), a reduction of 148 (the
     stem's im2col), a single row, and 3136 rows padded to 525 tiles in row blocks. Depth-wise
     convs on our NEON kernel with their add and gate: 64 channels (lines of 16, 2 bands of rows,
-    the padded copy's pixels aligned), 36 channels (lines of one vector) 21 wide."""
+    the padded copy's pixels aligned), 36 channels (lines of one vector) 21 wide. The GELU
+    kernels on channel halves, alone and gated, against libm's erf."""
     from tvm import s_tir
 
     from parcnet_tvm import board
+    from parcnet_tvm.gelu_gates import gelu_rows
     from parcnet_tvm.pipeline import kernel_scratch_bytes
     from parcnet_tvm.schedules import neon_depthwise, neon_gemm
     from parcnet_tvm.schedules.cpu_depthwise import DepthwiseConvCpu
@@ -294,6 +297,11 @@ def test_neon_kernels_match_numpy_on_the_emulated_board(tmp_path):
             assert kernel_scratch_bytes(sch.mod) == 13 * 27 * 48 * 4
         libraries.append(tmp_path / f"depthwise_{height}_{width}_{channels}.so")
         tvm.compile(sch.mod, target=arm.target).export_library(str(libraries[-1]), fcompile=arm_linker())
+    gelus = [(False, 24), (True, 24), (True, 8)]  # (gated, channels of the split's input)
+    for gated, channels in gelus:
+        libraries.append(tmp_path / f"gelu_{gated}_{channels}.so")
+        tvm.compile(gelu_rows((1, 3, 5, channels), gated), target=arm.target).export_library(
+            str(libraries[-1]), fcompile=arm_linker())
     rng = np.random.default_rng(0)
     with board.emulated_board(log=lambda *_: None) as tracker:
         session = board.connect(tracker, board.EMULATED_KEY, None)
@@ -317,6 +325,24 @@ def test_neon_kernels_match_numpy_on_the_emulated_board(tmp_path):
             conv = sum(padded[:, ry:ry + height, rx:rx + width, :] * weights[ry, rx, 0]
                        for ry in range(7) for rx in range(7))
             np.testing.assert_allclose(out.numpy(), gate * (other + conv), rtol=1e-4, atol=1e-4)
+        erf = np.vectorize(math.erf)
+        for (gated, channels), library in zip(gelus, libraries[len(shapes) + len(depthwise):]):
+            session.upload(str(library))
+            kernel = session.load_module(library.name)["main"]
+            # the erf's whole range and past its clamp at +-4 sqrt 2, zeros, and 1e-3-sized values
+            x = rng.uniform(-12, 12, (1, 3, 5, channels)).astype("float32")
+            x[0, 0, 0, channels // 2:][:4] = [0, 1e-3, 40, -40]
+            x[0, 0, 1, channels // 2:][:4] = [-0.0, -1e-3, 5.657, -5.657]
+            out = tvm.runtime.tensor(np.full((1, 3, 5, channels // 2), np.nan, "float32"), device)
+            kernel(tvm.runtime.tensor(x, device), out)
+            first, second = x[..., :channels // 2].astype(np.float64), x[..., channels // 2:].astype(np.float64)
+            scale = np.abs(first) if gated else 1.0
+            want = second * (0.5 + 0.5 * erf(second / math.sqrt(2))) * (first if gated else 1)
+            # the fast erf is within 4e-7 of erf, 1/2 + erf/2 within ~1e-7 where it cancels
+            # (x << 0): a GELU within 2e-6 + 2e-7 |x| (1.4e-6 at x = -12), times the gate
+            error = np.abs(out.numpy() - want)
+            bound = (2e-6 + 2e-7 * np.abs(second)) * np.maximum(scale, 1) + 1e-6 * np.abs(want)
+            assert (error <= bound).all(), (error / bound).max()
 
 
 def test_neon_depthwise_loads_each_input_vector_once_per_kernel_row(fused_xt):

@@ -16,7 +16,7 @@ LAYERS = [
     ("descriptions", {"errors", "outputs", "neon_kernels", "targets", "graph", "manifest", "fast_math", "tables", "input_contract"}),
     ("model and weights", {"model", "checkpoint", "weights", "onnx_file"}),
     ("our ops", {"oversized"}),
-    ("graph passes", {"frontend", "rewrite", "layout", "norm"}),
+    ("graph passes", {"frontend", "rewrite", "layout", "norm", "gelu_gates"}),
     ("schedules", {"schedules"}),
     ("where a library runs", {"params", "runtime", "board", "counting"}),
     ("verification, timing and the board estimate", {"verify", "timing", "estimate"}),
