@@ -1,4 +1,4 @@
-"""ARM: each GELU of a channel half, and each GELU gate, as calls of our NEON kernel.
+"""ARM: each GELU of a channel split's second half, and each GELU gate, as calls of our NEON kernel.
 
 ParC V2 splits a channels-last tensor into halves twice per block: the token mixer's GELU of
 the second half (`x2 = GELU(x2)`), the MLP's gate of the first half by the GELU of the second
@@ -18,7 +18,7 @@ registers and divides by vector.
 from __future__ import annotations
 
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, s_tir, te, tirx
 from tvm.relax.dpl import is_op, is_tuple_get_item, wildcard
 
 from .graph import calls, ints, rewrite_into_primfuncs
@@ -30,9 +30,10 @@ LANES = 4
 
 
 def fits(shape, dtype: str) -> bool:
-    """A 4-D fp32 tensor whose two channel halves are whole 4-lane vectors."""
-    return (dtype == "float32" and shape is not None and len(shape) == 4
-            and all(isinstance(n, tvm.tirx.IntImm) for n in shape) and int(shape[-1]) % (2 * LANES) == 0)
+    """A 4-D fp32 tensor of a known shape whose two channel halves are whole 4-lane vectors."""
+    dims = getattr(shape, "values", None)  # a ShapeExpr; None for an unknown or symbolic shape
+    return (dtype == "float32" and dims is not None and len(dims) == 4
+            and all(isinstance(n, tvm.tirx.IntImm) for n in dims) and int(dims[-1]) % (2 * LANES) == 0)
 
 
 def gelu_rows(shape, gated: bool) -> tirx.PrimFunc:
@@ -52,8 +53,11 @@ def gelu_rows(shape, gated: bool) -> tirx.PrimFunc:
         return tirx.For(pixel, 0, pixels, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
 
     out = te.extern((batch, height, width, half), [x], body, name="gelu_gate" if gated else "gelu", dtype="float32")
-    # Scheduled as it is (FuseOps leaves an extern op alone; tuning extracts no task from it).
-    return te.create_prim_func([x, out]).with_attrs({"tirx.is_scheduled": True, "parcnet_kernel": KERNEL_RULE})
+    func = te.create_prim_func([x, out])
+    # Under a root block like every other kernel (code that looks for one finds it), and scheduled
+    # as it is (FuseOps leaves an extern op alone; tuning extracts no task from it).
+    root = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "root", func.body))
+    return func.with_body(root).with_attrs({"tirx.is_scheduled": True, "parcnet_kernel": KERNEL_RULE})
 
 
 def _patterns():
@@ -68,7 +72,7 @@ def _patterns():
 def _halves_of(split: relax.Call, source: relax.Expr) -> bool:
     """Whether `split` cuts `source` into two equal halves on its last axis."""
     attrs, shape = split.attrs, source.ty.shape
-    if not fits(shape, str(source.ty.dtype)) or int(attrs.axis) not in (-1, len(shape) - 1):
+    if not fits(shape, str(source.ty.dtype)) or int(attrs.axis) not in (-1, 3):
         return False
     cut = attrs.indices_or_sections
     return ints(cut) == [int(shape[-1]) // 2] if isinstance(cut, (list, tvm.ir.Array)) else int(cut) == 2
@@ -86,7 +90,8 @@ def rewrite_gelus(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRMod
             if not _halves_of(matches[halves_p], source):
                 return expr
             shape = ints(source.ty.shape)
-            name = f"{PRIMFUNC_PREFIX}{'gate_' if gated else ''}{'x'.join(map(str, shape))}"
+            batch, height, width, channels = shape  # named like our op's kernels: breakdown.py groups by name
+            name = f"{PRIMFUNC_PREFIX}{'gate_' if gated else ''}c{channels // 2}_h{height}_w{width}_n{batch}"
             gvar = primfunc(name, lambda: gelu_rows(shape, gated))
             counts[gated] += 1
             return relax.call_tir(gvar, [source], relax.TensorType(shape[:-1] + [shape[-1] // 2], "float32"))

@@ -36,11 +36,14 @@ def sha256(path) -> str:
 
 
 def pipeline_fingerprint() -> str:
-    """sha256 over the Python sources of the pipeline (parcnet_tvm/ and schedules/): a library
-    cached by an older pipeline is rebuilt rather than measured as if it were current."""
+    """sha256 over the sources of the pipeline (parcnet_tvm/ and schedules/, our NEON kernels
+    included): a library cached by an older pipeline is rebuilt rather than measured as if it
+    were current."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for source in sorted([*root.joinpath("parcnet_tvm").rglob("*.py"), *root.joinpath("schedules").glob("*.py")]):
+    package = root.joinpath("parcnet_tvm")
+    for source in sorted([*package.rglob("*.py"), *package.joinpath("arm_kernels").glob("*.cc"),
+                          *root.joinpath("schedules").glob("*.py")]):
         digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
 
