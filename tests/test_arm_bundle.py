@@ -141,12 +141,14 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_micro_kernel_loads_once_per_si
                                  capture_output=True, text=True, check=True).stdout
     functions = _functions(disassembly)
     hot = {rule: manifest["kernel_schedules"][rule] for rule in
-           ("cpu_gemm", "cpu_depthwise_conv", "oversized_conv")}
+           ("cpu_gemm", "neon_gelu", "cpu_depthwise_conv", "oversized_conv")}
     for rule, kernels in hot.items():
         for kernel in kernels:
             body = next(b for name, b in functions.items() if name.startswith(kernel + "_compute"))
-            if rule == "cpu_gemm":
-                assert any(re.match(r"blx?\s+[0-9a-f]+ <parcnet_sgemm_6x8_packed(@plt)?>", t) for _, t in body), kernel
+            if rule in ("cpu_gemm", "neon_gelu"):  # calls our kernel
+                symbol = ("parcnet_sgemm_6x8_packed" if rule == "cpu_gemm" else
+                          "parcnet_gelu_gate_rows" if "_gate_" in kernel else "parcnet_gelu_rows")
+                assert any(re.match(rf"blx?\s+[0-9a-f]+ <{symbol}(@plt)?>", t) for _, t in body), kernel
                 continue
             width = re.search(r"_w(\d+)_", kernel)
             if width and int(width.group(1)) < 4:  # our op on a 2-wide map: 2-lane d-register FMAs
@@ -167,13 +169,9 @@ def test_arm_hot_loops_use_neon_fmas_and_the_gemm_micro_kernel_loads_once_per_si
     loads = [t for t in loop if t.startswith("vld")]
     spills = [t for t in loop if re.match(r"(v?st|vpush|push)", t) or "[sp" in t]
     assert len(macs) == 49 and len(loads) == 20 and not spills, loop
-    # The GELU kernels: every GELU of the library calls one; per 4 outputs 1 load (2 with the
-    # gate) and 1 store, the erf's constants used by lane from registers (no constant reloads),
-    # the division a reciprocal estimate (no VFP divide), nothing spilled.
-    for kernel in manifest["kernel_schedules"]["neon_gelu"]:
-        body = next(b for name, b in functions.items() if name.startswith(kernel + "_compute"))
-        symbol = "parcnet_gelu_gate_rows" if "_gate_" in kernel else "parcnet_gelu_rows"
-        assert any(re.match(rf"blx?\s+[0-9a-f]+ <{symbol}(@plt)?>", t) for _, t in body), kernel
+    # The GELU kernels (every GELU of the library calls one, above): per 4 outputs 1 load (2
+    # with the gate) and 1 store, the erf's constants used by lane from registers (no constant
+    # reloads), the division a reciprocal estimate (no VFP divide), nothing spilled.
     for symbol, data_loads in (("parcnet_gelu_rows", 1), ("parcnet_gelu_gate_rows", 2)):
         assert not [t for _, t in functions[symbol] if t.startswith("vdiv")], symbol
         (loop,) = _innermost_fma_loops(functions[symbol])
